@@ -1,0 +1,5 @@
+"""``python -m streamlstm`` runs the same command as ``streamlstm``."""
+
+from streamlstm.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,403 @@
+"""The `streamlstm` command: the only place that reads the environment, parses argv,
+installs signal handlers and wires concrete adapters together.
+
+Verbs: run, train, replay, evaluate, models, produce, config, demo.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from streamlstm import config as config_module
+from streamlstm.errors import ConfigError, StreamlstmError
+
+log = logging.getLogger("streamlstm")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``streamlstm`` and ``python -m streamlstm``."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=os.environ.get("STREAMLSTM_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    try:
+        return int(args.handler(args) or 0)
+    except ConfigError as exc:
+        print(f"streamlstm: config error: {exc}", file=sys.stderr)
+        return 2
+    except StreamlstmError as exc:
+        print(f"streamlstm: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+# ---------------------------------------------------------------- run
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    settings = config_module.load(args.config, os.environ)
+    logging.getLogger().setLevel(settings.log_level)
+    service, server = build_service(settings)
+    signal.signal(signal.SIGTERM, lambda *_: service.stop())
+    signal.signal(signal.SIGINT, lambda *_: service.stop())
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, lambda *_: service.request_reload())
+    server.start()
+    log.info("metrics on http://%s:%d/metrics", settings.metrics.host, server.port)
+    try:
+        service.run()
+    finally:
+        service.close()
+        server.stop()
+    log.info("stopped cleanly")
+    return 0
+
+
+def build_service(settings: config_module.Settings, registry: Any = None) -> tuple[Any, Any]:
+    """Wire the daemon from settings: returns ``(Service, MetricsServer)`` (not started)."""
+    from prometheus_client import CollectorRegistry
+
+    from streamlstm.decoding import JsonDecoder
+    from streamlstm.metrics import Metrics, MetricsServer
+    from streamlstm.model.artifact import load_artifact
+    from streamlstm.pipeline import Pipeline, PipelineSettings
+    from streamlstm.scoring import resolve_device
+    from streamlstm.service import Service, ServiceSettings
+    from streamlstm.sinks.influx import InfluxSink
+    from streamlstm.sources.kafka import KafkaSource
+
+    device = resolve_device(settings.model.device)
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("model.device", "cpu or auto (no CUDA device is available)", "cuda")
+    artifact = load_artifact(settings.model.path)
+    registry = registry if registry is not None else CollectorRegistry()
+    metrics = Metrics(registry, per_series_labels=settings.metrics.per_series_labels)
+    pipeline = Pipeline(artifact, PipelineSettings(
+        stride=settings.windows.stride,
+        max_series=settings.windows.max_series,
+        idle_evict_s=settings.windows.idle_evict_s,
+        max_gap_intervals=settings.windows.max_gap_intervals,
+    ), device=device)
+    decoder = JsonDecoder(settings.decoder, artifact.feature_names)
+    source = KafkaSource(settings.kafka, decoder)
+    sink = InfluxSink(settings.influx)
+    service = Service(source, sink, pipeline, metrics, ServiceSettings(
+        topic=settings.kafka.topic,
+        model_path=settings.model.path,
+        device=device,
+        reload_interval_s=settings.model.reload_interval_s,
+        retry_initial_s=settings.influx.retry_initial_s,
+        retry_max_s=settings.influx.retry_max_s,
+    ))
+    server = MetricsServer(registry, settings.metrics.host, settings.metrics.port,
+                           health=service.health, ready=service.ready)
+    return service, server
+
+
+# ---------------------------------------------------------------- train
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from streamlstm.calibration import CalibrationSettings
+    from streamlstm.model.artifact import save_artifact
+    from streamlstm.sources.files import read_tables
+    from streamlstm.training import TrainingSettings, fit
+
+    features = _split(args.features)
+    table = read_tables(args.input, features)
+    settings = TrainingSettings(
+        window=args.window, hidden_size=args.hidden_size, num_layers=args.layers, cell=args.cell,
+        epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+        validation_fraction=args.validation_fraction, patience=args.patience,
+        stride=args.stride, max_windows=args.max_windows, seed=args.seed, device=args.device,
+        calibration=CalibrationSettings(threshold=args.threshold, warmup=args.warmup),
+    )
+    history = table.history()
+    log.info("training on %d series, %d rows, features %s", len(history), len(table.series),
+             ", ".join(table.feature_names))
+    artifact = fit(history, table.feature_names, settings)
+    target = save_artifact(artifact, args.output, make_current=not args.no_activate)
+    print(f"model {artifact.version} written to {target} "
+          f"(validation loss {artifact.training['validation_loss']:.5f}, "
+          f"{artifact.training['epochs']} epochs)")
+    return 0
+
+
+# ---------------------------------------------------------------- replay
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from streamlstm.model.artifact import load_artifact
+    from streamlstm.pipeline import Pipeline, PipelineSettings, score_points
+    from streamlstm.sources.files import read_table
+
+    artifact = load_artifact(args.model)
+    total = 0
+    started = time.perf_counter()
+    with _open_output(args.output) as handle:
+        writer = csv.writer(handle)
+        multi = artifact.architecture.n_features > 1
+        writer.writerow(["series", "timestamp", *(artifact.feature_names if multi else ["value"]),
+                         "anomaly_score", "is_anomaly", "error", "threshold"])
+        for path in args.input:
+            table = read_table(path, artifact.feature_names if multi else None)
+            pipeline = Pipeline(artifact, PipelineSettings(stride=args.stride))
+            points = table.points()
+            scores = score_points(pipeline, points)
+            for point, score in zip(points, scores, strict=True):
+                writer.writerow([
+                    point.series, _iso(point.timestamp), *(_num(v) for v in point.values),
+                    _num(score.score) if score else 0.0,
+                    int(score.is_anomaly) if score else 0,
+                    _num(score.error) if score else "",
+                    _num(score.threshold) if score else "",
+                ])
+            total += len(points)
+    elapsed = time.perf_counter() - started
+    print(f"scored {total} rows in {elapsed:.1f}s ({total / max(elapsed, 1e-9):,.0f} rows/s) "
+          f"with model {artifact.version}", file=sys.stderr)
+    return 0
+
+
+# ---------------------------------------------------------------- evaluate
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from streamlstm import evaluation
+    from streamlstm.model.artifact import load_artifact
+    from streamlstm.pipeline import Pipeline, PipelineSettings, score_points
+    from streamlstm.sources.files import read_table
+
+    labels = evaluation.load_windows(args.labels)
+    artifact = load_artifact(args.model)
+    files = _expand_data(args.data)
+    series_list = []
+    started = time.perf_counter()
+    rows = 0
+    for path in files:
+        key = _label_key(path, labels)
+        if key is None:
+            raise StreamlstmError(f"{path}: not listed in {args.labels}")
+        table = read_table(path)
+        pipeline = Pipeline(artifact, PipelineSettings(stride=1))
+        scores = score_points(pipeline, table.points())
+        series_list.append(evaluation.ScoredSeries(
+            name=key,
+            timestamps=table.timestamps,
+            values=table.values[:, 0],
+            scores=np.array([s.score if s else 0.0 for s in scores]),
+            windows=labels[key],
+        ))
+        rows += len(scores)
+    elapsed = time.perf_counter() - started
+    report = evaluation.evaluate(series_list)
+    print(report.format_table())
+    print(f"\n{rows} rows scored in {elapsed:.1f}s ({rows / max(elapsed, 1e-9):,.0f} rows/s), "
+          f"model {artifact.version}")
+    if args.output:
+        data = report.to_dict() | {"rows": rows, "seconds": elapsed, "model": artifact.version}
+        Path(args.output).write_text(json.dumps(data, indent=2) + "\n")
+    if args.plots:
+        plots = Path(args.plots)
+        plots.mkdir(parents=True, exist_ok=True)
+        threshold = report.thresholds["standard"]
+        for series in series_list:
+            name = series.name.replace("/", "__").removesuffix(".csv") + ".png"
+            evaluation.plot_series(series, series.scores >= threshold, threshold, plots / name)
+        print(f"plots in {plots}/")
+    return 0
+
+
+def _expand_data(paths: Sequence[str]) -> list[Path]:
+    files: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        files.extend(sorted(path.rglob("*.csv")) if path.is_dir() else [path])
+    return files
+
+
+def _label_key(path: Path, labels: dict[str, Any]) -> str | None:
+    text = path.as_posix()
+    matches = [key for key in labels if text.endswith("/" + key) or text == key]
+    return max(matches, key=len) if matches else None
+
+
+# ---------------------------------------------------------------- models, config, produce
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    from streamlstm.model.artifact import list_versions
+
+    rows = list_versions(args.models)
+    if not rows:
+        print(f"no models in {args.models}")
+        return 0
+    print(f"{'':2}{'version':28} {'created':21} {'cell':5} {'window':>6} {'val loss':>10} "
+          f"{'series':>7} {'windows':>9}")
+    for row in rows:
+        loss = row.get("validation_loss")
+        print(f"{'*' if row.get('current') else ' ':2}{row['version']:28} "
+              f"{row.get('created_at', ''):21} {row.get('cell', ''):5} {row.get('window', ''):>6} "
+              f"{'' if loss is None else f'{loss:.5f}':>10} {row.get('series') or '':>7} "
+              f"{row.get('windows') or '':>9}")
+    return 0
+
+
+def cmd_models_activate(args: argparse.Namespace) -> int:
+    from streamlstm.model.artifact import load_artifact, set_current
+
+    load_artifact(Path(args.models) / args.version)  # refuse to point at a broken model
+    set_current(args.models, args.version)
+    print(f"current model is now {args.version}")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    settings = config_module.load(args.config, os.environ)
+    print(json.dumps(config_module.to_dict(settings), indent=2))
+    return 0
+
+
+def cmd_produce(args: argparse.Namespace) -> int:
+    from streamlstm.sources.files import read_tables
+    from streamlstm.sources.kafka import produce_points
+
+    table = read_tables(args.input)
+    sent = produce_points(args.bootstrap, args.topic, table.points(), table.feature_names,
+                          rate=args.rate)
+    print(f"produced {sent} events to {args.topic} at {args.bootstrap}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from streamlstm.demo import run_demo
+
+    return run_demo(workdir=Path(args.workdir), keep_running=args.keep_running)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _split(text: str | None) -> list[str] | None:
+    return [part.strip() for part in text.split(",") if part.strip()] if text else None
+
+
+def _iso(ts: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _num(x: float) -> str:
+    return f"{x:.6g}"
+
+
+class _open_output:
+    """``-`` writes to stdout; anything else to a file."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.handle: Any = None
+
+    def __enter__(self) -> Any:
+        self.handle = sys.stdout if self.target == "-" else open(  # noqa: SIM115
+            self.target, "w", newline="", encoding="utf-8")
+        return self.handle
+
+    def __exit__(self, *exc: object) -> None:
+        if self.handle is not sys.stdout:
+            self.handle.close()
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="streamlstm", description=__doc__.split("\n")[0])
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    run = verbs.add_parser("run", help="run the daemon: Kafka in, scores to InfluxDB")
+    run.add_argument("--config", help="YAML settings file (environment variables override it)")
+    run.set_defaults(handler=cmd_run)
+
+    train = verbs.add_parser("train", help="train a model from history files")
+    train.add_argument("--input", nargs="+", required=True, help="CSV or Parquet files")
+    train.add_argument("--output", required=True, help="models directory (a new version)")
+    train.add_argument("--features", help="value columns, comma-separated (default: all)")
+    train.add_argument("--window", type=int, default=32)
+    train.add_argument("--hidden-size", type=int, default=32)
+    train.add_argument("--layers", type=int, default=1)
+    train.add_argument("--cell", choices=["lstm", "gru"], default="lstm")
+    train.add_argument("--epochs", type=int, default=30)
+    train.add_argument("--batch-size", type=int, default=256)
+    train.add_argument("--learning-rate", type=float, default=3e-3)
+    train.add_argument("--validation-fraction", type=float, default=0.2)
+    train.add_argument("--patience", type=int, default=4)
+    train.add_argument("--stride", type=int, default=1)
+    train.add_argument("--max-windows", type=int, default=100_000)
+    train.add_argument("--threshold", type=float, default=0.999)
+    train.add_argument("--warmup", type=int, default=64, help="windows before a series may alarm")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu")
+    train.add_argument("--no-activate", action="store_true",
+                       help="write the version without pointing 'current' at it")
+    train.set_defaults(handler=cmd_train)
+
+    replay = verbs.add_parser("replay", help="score files offline with the daemon's pipeline")
+    replay.add_argument("input", nargs="+", help="CSV or Parquet files")
+    replay.add_argument("--output", default="-", help="CSV to write (default: stdout)")
+    replay.add_argument("--model", default=os.environ.get("STREAMLSTM_MODEL_PATH", "models"))
+    replay.add_argument("--stride", type=int, default=1)
+    replay.set_defaults(handler=cmd_replay)
+
+    evaluate = verbs.add_parser("evaluate", help="score labelled files, NAB-style")
+    evaluate.add_argument("data", nargs="+", help="CSV files or directories")
+    evaluate.add_argument("--labels", required=True, help="NAB windows.json")
+    evaluate.add_argument("--model", default=os.environ.get("STREAMLSTM_MODEL_PATH", "models"))
+    evaluate.add_argument("--output", help="write the results as JSON")
+    evaluate.add_argument("--plots", help="directory for one PNG per series")
+    evaluate.set_defaults(handler=cmd_evaluate)
+
+    models = verbs.add_parser("models", help="list or activate model versions")
+    models_verbs = models.add_subparsers(dest="models_verb", required=True, metavar="ACTION")
+    models_list = models_verbs.add_parser("list", help="versions, the current one starred")
+    models_list.add_argument("--models", default=os.environ.get("STREAMLSTM_MODEL_PATH", "models"))
+    models_list.set_defaults(handler=cmd_models_list)
+    activate = models_verbs.add_parser("activate", help="point 'current' at a version")
+    activate.add_argument("version")
+    activate.add_argument("--models", default=os.environ.get("STREAMLSTM_MODEL_PATH", "models"))
+    activate.set_defaults(handler=cmd_models_activate)
+
+    config = verbs.add_parser("config", help="check a config file and print the settings")
+    config.add_argument("--config")
+    config.set_defaults(handler=cmd_config)
+
+    produce = verbs.add_parser("produce", help="send a CSV's rows to Kafka as JSON events")
+    produce.add_argument("--input", nargs="+", required=True)
+    produce.add_argument("--topic", default="metrics")
+    produce.add_argument("--bootstrap", default="127.0.0.1:9092")
+    produce.add_argument("--rate", type=float, default=0.0, help="events/s (0: as fast as possible)")
+    produce.set_defaults(handler=cmd_produce)
+
+    demo = verbs.add_parser("demo", help="local broker + InfluxDB, a dataset replayed, scored")
+    demo.add_argument("--workdir", default="var/demo")
+    demo.add_argument("--keep-running", action="store_true",
+                      help="keep the servers and the daemon up after the replay is scored")
+    demo.set_defaults(handler=cmd_demo)
+    return parser

@@ -1,0 +1,294 @@
+"""Typed, frozen settings: one YAML file, overridden by environment variables.
+
+``load(path, environ)`` is the only entry point. Every problem raises :class:`ConfigError`
+whose message is one line naming the key and what was expected. This module reads no
+environment by itself: the CLI passes ``os.environ`` in, tests pass a dict.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from streamlstm.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class KafkaSettings:
+    """Where events come from and how the consumer group behaves."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    topic: str = "metrics"
+    group_id: str = "streamlstm"
+    client_id: str = "streamlstm"
+    dead_letter_topic: str = "metrics.dead-letter"  # "" disables the dead-letter topic
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_plain_username: str | None = None
+    sasl_plain_password: str | None = None
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    session_timeout_ms: int = 10_000
+    heartbeat_interval_ms: int = 3_000
+    max_poll_interval_ms: int = 300_000
+    max_poll_records: int = 2_000
+    poll_timeout_ms: int = 500
+    # On partition assignment, re-read up to this many records before the committed offset
+    # so the windows are full again when scoring resumes (they are not written twice).
+    rewind_records: int = 5_000
+
+
+@dataclass(frozen=True)
+class DecoderSettings:
+    """How a JSON message maps onto a point."""
+
+    series_field: str = "series"
+    timestamp_field: str = "timestamp"
+    value_field: str = "value"
+    values_field: str = "values"  # object of named features, for multi-feature models
+
+
+@dataclass(frozen=True)
+class InfluxSettings:
+    """Where scores are written (influxdb-client, /api/v2/write)."""
+
+    url: str = "http://127.0.0.1:8086"
+    org: str = "streamlstm"
+    token: str = ""
+    bucket: str = "streamlstm"
+    measurement: str = "anomaly"
+    timeout_ms: int = 10_000
+    retry_initial_s: float = 0.5
+    retry_max_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """Which model scores, where it runs and how often the daemon looks for a new one."""
+
+    path: str = "models"
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    reload_interval_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class WindowSettings:
+    """Per-series window bookkeeping. The window length comes from the model artifact."""
+
+    stride: int = 1
+    max_series: int = 10_000
+    idle_evict_s: float = 86_400.0
+    # Gaps up to this many sampling intervals are filled by interpolation; longer gaps
+    # restart the series' window and warm-up.
+    max_gap_intervals: int = 5
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    """The HTTP endpoint with /metrics, /healthz and /readyz."""
+
+    host: str = "0.0.0.0"
+    port: int = 9108
+    per_series_labels: bool = False
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything `streamlstm run` needs."""
+
+    kafka: KafkaSettings = field(default_factory=KafkaSettings)
+    decoder: DecoderSettings = field(default_factory=DecoderSettings)
+    influx: InfluxSettings = field(default_factory=InfluxSettings)
+    model: ModelSettings = field(default_factory=ModelSettings)
+    windows: WindowSettings = field(default_factory=WindowSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+# Environment variable -> dotted key. INFLUXDB_V2_* are influxdb-client's own names.
+ENVIRONMENT_KEYS: dict[str, str] = {
+    "STREAMLSTM_KAFKA_BOOTSTRAP_SERVERS": "kafka.bootstrap_servers",
+    "STREAMLSTM_KAFKA_TOPIC": "kafka.topic",
+    "STREAMLSTM_KAFKA_GROUP_ID": "kafka.group_id",
+    "STREAMLSTM_KAFKA_DEAD_LETTER_TOPIC": "kafka.dead_letter_topic",
+    "STREAMLSTM_MODEL_PATH": "model.path",
+    "STREAMLSTM_MODEL_DEVICE": "model.device",
+    "STREAMLSTM_METRICS_PORT": "metrics.port",
+    "STREAMLSTM_INFLUX_BUCKET": "influx.bucket",
+    "STREAMLSTM_LOG_LEVEL": "log_level",
+    "INFLUXDB_V2_URL": "influx.url",
+    "INFLUXDB_V2_ORG": "influx.org",
+    "INFLUXDB_V2_TOKEN": "influx.token",
+}
+
+_POSITIVE = {
+    "kafka.session_timeout_ms",
+    "kafka.heartbeat_interval_ms",
+    "kafka.max_poll_interval_ms",
+    "kafka.max_poll_records",
+    "kafka.poll_timeout_ms",
+    "influx.timeout_ms",
+    "influx.retry_initial_s",
+    "influx.retry_max_s",
+    "model.reload_interval_s",
+    "windows.stride",
+    "windows.max_series",
+    "windows.idle_evict_s",
+}
+_NON_NEGATIVE = {"kafka.rewind_records", "windows.max_gap_intervals", "metrics.port"}
+_NON_EMPTY = {
+    "kafka.bootstrap_servers",
+    "kafka.topic",
+    "kafka.group_id",
+    "influx.url",
+    "influx.bucket",
+    "influx.measurement",
+    "model.path",
+}
+
+
+def load(path: str | Path | None, environ: Mapping[str, str]) -> Settings:
+    """Read the YAML file at ``path`` (or only defaults when None), then apply ``environ``."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError("config", f"a readable YAML file at {str(path)!r}") from exc
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" (line {mark.line + 1})" if mark is not None else ""
+            raise ConfigError("config", f"valid YAML{where}") from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError("config", "a mapping at the top level", type(loaded).__name__)
+        raw = loaded
+    for env_name, dotted in ENVIRONMENT_KEYS.items():
+        if env_name in environ:
+            section, _, name = dotted.rpartition(".")
+            target = raw.setdefault(section, {}) if section else raw
+            if not isinstance(target, dict):
+                raise ConfigError(section, "a mapping", target)
+            target[name] = environ[env_name]
+    settings = _build(Settings, raw, prefix="")
+    _check_ranges(settings)
+    return settings
+
+
+def to_dict(settings: Settings) -> dict[str, Any]:
+    """The settings as plain data (for `streamlstm config` and logs); secrets are masked."""
+    data = dataclasses.asdict(settings)
+    for section, key in (("influx", "token"), ("kafka", "sasl_plain_password")):
+        if data[section][key]:
+            data[section][key] = "***"
+    return data
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(prefix.rstrip(".") or "config", "a mapping", raw)
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in names:
+            allowed = ", ".join(sorted(names))
+            raise ConfigError(f"{prefix}{key}", f"one of the known keys ({allowed})", "unknown key")
+    values: dict[str, Any] = {}
+    for name in names:
+        if name not in raw:
+            continue
+        hint = hints[name]
+        key = f"{prefix}{name}"
+        if dataclasses.is_dataclass(hint):
+            values[name] = _build(typing.cast(type, hint), raw[name], prefix=f"{key}.")
+        else:
+            values[name] = _coerce(key, hint, raw[name])
+    return cls(**values)
+
+
+def _coerce(key: str, hint: Any, value: Any) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("", "null", "none")):
+            if type(None) in args:
+                return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(key, inner[0], value)
+    if origin is Literal:
+        choices = [str(a) for a in args]
+        text = str(value)
+        if text not in choices:
+            raise ConfigError(key, "one of " + ", ".join(choices), value)
+        return text
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(key, "true or false", value)
+    if hint is int:
+        if isinstance(value, bool):
+            raise ConfigError(key, "an integer", value)
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                pass
+        raise ConfigError(key, "an integer", value)
+    if hint is float:
+        if isinstance(value, bool):
+            raise ConfigError(key, "a number", value)
+        if isinstance(value, int | float):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value.strip())
+            except ValueError:
+                pass
+        raise ConfigError(key, "a number", value)
+    if hint is str:
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(key, "a string", value)
+    raise ConfigError(key, f"a value of type {hint}", value)  # pragma: no cover - schema bug
+
+
+def _check_ranges(settings: Settings) -> None:
+    for section in dataclasses.fields(settings):
+        sub = getattr(settings, section.name)
+        if not dataclasses.is_dataclass(sub):
+            continue
+        for f in dataclasses.fields(sub):
+            key = f"{section.name}.{f.name}"
+            value = getattr(sub, f.name)
+            if key in _POSITIVE and not value > 0:
+                raise ConfigError(key, "a positive number", value)
+            if key in _NON_NEGATIVE and value < 0:
+                raise ConfigError(key, "zero or a positive number", value)
+            if key in _NON_EMPTY and not str(value).strip():
+                raise ConfigError(key, "a non-empty string", value)
+    if settings.metrics.port > 65535:
+        raise ConfigError("metrics.port", "a TCP port between 0 and 65535", settings.metrics.port)
+    if settings.kafka.heartbeat_interval_ms >= settings.kafka.session_timeout_ms:
+        raise ConfigError(
+            "kafka.heartbeat_interval_ms",
+            "a value below kafka.session_timeout_ms",
+            settings.kafka.heartbeat_interval_ms,
+        )
+    if settings.kafka.security_protocol.startswith("SASL") and not settings.kafka.sasl_mechanism:
+        raise ConfigError("kafka.sasl_mechanism", "a SASL mechanism (PLAIN, SCRAM-SHA-256, ...)")

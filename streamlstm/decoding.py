@@ -1,0 +1,248 @@
+"""Turn raw JSON messages into points. Pure: no I/O, no clock except the one passed in.
+
+A message is one JSON object::
+
+    {"series": "host1.cpu", "timestamp": "2024-05-01T12:00:00Z", "value": 0.42}
+    {"series": "host1", "timestamp": 1714564800123, "values": {"cpu": 0.42, "mem": 0.7}}
+
+Field names come from :class:`~streamlstm.config.DecoderSettings`. A message that cannot be
+decoded raises :class:`~streamlstm.errors.DecodeError` whose ``reason`` is one of
+:data:`REASONS`; callers count it, log it (see :class:`RateLimitedLog`) and dead-letter it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from streamlstm.config import DecoderSettings
+from streamlstm.errors import DecodeError
+from streamlstm.records import Point
+
+INVALID_JSON = "invalid_json"
+NOT_AN_OBJECT = "not_an_object"
+MISSING_FIELD = "missing_field"
+BAD_VALUE = "bad_value"
+BAD_TIMESTAMP = "bad_timestamp"
+BAD_SERIES = "bad_series"
+#: Every reason a message can be rejected for; stable labels for metrics and dead-letter headers.
+REASONS = (INVALID_JSON, NOT_AN_OBJECT, MISSING_FIELD, BAD_VALUE, BAD_TIMESTAMP, BAD_SERIES)
+
+MAX_SERIES_LENGTH = 256
+# The store keeps int64 nanoseconds, which end on 2262-04-11; earlier than 1970 is refused too.
+MIN_TIMESTAMP = 0.0
+MAX_TIMESTAMP = (2**63 - 1) / 1e9
+
+_DETAIL_CHARS = 80
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= _DETAIL_CHARS else text[: _DETAIL_CHARS - 3] + "..."
+
+
+def parse_timestamp(raw: object) -> float:
+    """Epoch seconds (UTC) from RFC 3339 text or a number of s/ms/µs/ns since the epoch.
+
+    Numbers (or numeric strings) are told apart by magnitude: below 1e11 they are seconds,
+    below 1e14 milliseconds, below 1e17 microseconds, else nanoseconds. Text without an
+    offset is taken as UTC. Raises ``DecodeError("bad_timestamp", ...)``.
+    """
+    number: int | float
+    if isinstance(raw, bool):
+        raise DecodeError(BAD_TIMESTAMP, f"expected a time, got {_show(raw)}")
+    if isinstance(raw, int | float):
+        number = raw
+    elif isinstance(raw, str):
+        text = raw.strip()
+        try:
+            number = int(text) if text.isdigit() else float(text)
+        except ValueError:
+            return _parse_rfc3339(raw, text)
+    else:
+        raise DecodeError(BAD_TIMESTAMP, f"expected a time, got {_show(raw)}")
+    size = abs(number)
+    if not size < math.inf:  # also catches NaN
+        raise DecodeError(BAD_TIMESTAMP, f"not a finite number: {_show(raw)}")
+    # int / int is correctly rounded, so nanosecond integers lose nothing before the float.
+    if size < 1e11:
+        seconds = float(number)
+    elif size < 1e14:
+        seconds = number / 1_000
+    elif size < 1e17:
+        seconds = number / 1_000_000
+    else:
+        seconds = number / 1_000_000_000
+    return _in_range(seconds, raw)
+
+
+def _parse_rfc3339(raw: object, text: str) -> float:
+    if text[-1:] == "z":
+        text = text[:-1] + "Z"
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise DecodeError(BAD_TIMESTAMP, f"not RFC 3339 or epoch time: {_show(raw)}") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    try:
+        seconds = parsed.timestamp()
+    except (OverflowError, ValueError, OSError):
+        raise DecodeError(BAD_TIMESTAMP, f"out of range: {_show(raw)}") from None
+    return _in_range(seconds, raw)
+
+
+def _in_range(seconds: float, raw: object) -> float:
+    if not MIN_TIMESTAMP <= seconds <= MAX_TIMESTAMP:
+        raise DecodeError(BAD_TIMESTAMP, f"outside 1970..2262: {_show(raw)}")
+    return seconds
+
+
+def _number(raw: object, name: str) -> float:
+    if isinstance(raw, float):
+        value = raw
+    elif isinstance(raw, int) and not isinstance(raw, bool):
+        try:
+            value = float(raw)
+        except OverflowError:
+            raise DecodeError(BAD_VALUE, f"{name}: too large") from None
+    elif isinstance(raw, str):
+        try:
+            value = float(raw)
+        except ValueError:
+            raise DecodeError(BAD_VALUE, f"{name}: not a number: {_show(raw)}") from None
+    else:
+        raise DecodeError(BAD_VALUE, f"{name}: not a number: {_show(raw)}")
+    if not -math.inf < value < math.inf:
+        raise DecodeError(BAD_VALUE, f"{name}: not finite: {_show(raw)}")
+    return value
+
+
+class JsonDecoder:
+    """Decodes one Kafka message (key, value) into a :class:`Point`.
+
+    ``feature_names`` is the model's feature order. With one feature the message carries
+    ``value`` (or a one-entry ``values`` object); with several it carries ``values`` with
+    every name. When the message names no series, the Kafka key (UTF-8) is the series.
+    """
+
+    def __init__(self, settings: DecoderSettings | None = None,
+                 feature_names: Sequence[str] = ("value",)) -> None:
+        if not feature_names:
+            raise ValueError("feature_names must name at least one feature")
+        self.settings = settings if settings is not None else DecoderSettings()
+        self.feature_names = tuple(feature_names)
+        self._series_field = self.settings.series_field
+        self._timestamp_field = self.settings.timestamp_field
+        self._value_field = self.settings.value_field
+        self._values_field = self.settings.values_field
+        self._single = len(self.feature_names) == 1
+
+    def decode(self, key: bytes | None, value: bytes) -> Point:
+        """Decode one message; raises :class:`DecodeError` with a stable ``reason``."""
+        try:
+            obj = json.loads(value.decode("utf-8"))
+        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+            raise DecodeError(INVALID_JSON, str(exc)[:_DETAIL_CHARS]) from None
+        except AttributeError:
+            raise DecodeError(INVALID_JSON, "message has no value") from None
+        if type(obj) is not dict:
+            raise DecodeError(NOT_AN_OBJECT, f"expected a JSON object, got {type(obj).__name__}")
+        return Point(self._series(obj, key), self._timestamp(obj), self._values(obj))
+
+    def decode_many(self, messages: Iterable[tuple[bytes | None, bytes]]
+                    ) -> Iterator[Point | DecodeError]:
+        """Decode each ``(key, value)``, yielding the point or the error in its place."""
+        decode = self.decode
+        for key, value in messages:
+            try:
+                yield decode(key, value)
+            except DecodeError as exc:
+                yield exc
+
+    def _series(self, obj: dict[str, Any], key: bytes | None) -> str:
+        series = obj.get(self._series_field)
+        if series is None:
+            if not key:
+                raise DecodeError(MISSING_FIELD, f"{self._series_field} (and no message key)")
+            try:
+                series = key.decode("utf-8")
+            except UnicodeDecodeError:
+                raise DecodeError(BAD_SERIES, "message key is not UTF-8") from None
+        elif type(series) is not str:
+            raise DecodeError(BAD_SERIES, f"expected a string, got {_show(series)}")
+        if not series:
+            raise DecodeError(BAD_SERIES, "empty series name")
+        if len(series) > MAX_SERIES_LENGTH:
+            raise DecodeError(BAD_SERIES, f"longer than {MAX_SERIES_LENGTH} characters")
+        return series
+
+    def _timestamp(self, obj: dict[str, Any]) -> float:
+        raw = obj.get(self._timestamp_field)
+        if raw is None:
+            raise DecodeError(MISSING_FIELD, self._timestamp_field)
+        return parse_timestamp(raw)
+
+    def _values(self, obj: dict[str, Any]) -> tuple[float, ...]:
+        if self._single:
+            raw = obj.get(self._value_field)
+            if raw is not None:
+                return (_number(raw, self._value_field),)
+        named = obj.get(self._values_field)
+        if named is None:
+            wanted = self._value_field if self._single else self._values_field
+            raise DecodeError(MISSING_FIELD, wanted)
+        if type(named) is not dict:
+            raise DecodeError(BAD_VALUE, f"{self._values_field}: expected an object")
+        if self._single:
+            name = self.feature_names[0]
+            if name not in named:
+                if len(named) != 1:
+                    raise DecodeError(MISSING_FIELD, f"{self._values_field}.{name}")
+                name = next(iter(named))
+            return (_number(named[name], f"{self._values_field}.{name}"),)
+        out = []
+        for name in self.feature_names:
+            raw = named.get(name)
+            if raw is None:
+                raise DecodeError(MISSING_FIELD, f"{self._values_field}.{name}")
+            out.append(_number(raw, f"{self._values_field}.{name}"))
+        return tuple(out)
+
+
+class RateLimitedLog:
+    """Logs at most one message per key per ``interval_s``, counting the ones it held back.
+
+    ``clock`` returns seconds (monotonic); tests pass a fake one.
+    """
+
+    def __init__(self, logger: logging.Logger, interval_s: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.logger = logger
+        self.interval_s = interval_s
+        self.clock = clock
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def warning(self, key: str, msg: str, *args: object) -> bool:
+        """Log ``msg % args`` as a warning unless ``key`` was logged within the interval.
+
+        Returns whether it was logged.
+        """
+        now = self.clock()
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval_s:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            return False
+        self._last[key] = now
+        held = self._suppressed.pop(key, 0)
+        if held:
+            self.logger.warning(msg + " (%d more like it since the last message)", *args, held)
+        else:
+            self.logger.warning(msg, *args)
+        return True

@@ -1,0 +1,180 @@
+"""`streamlstm demo`: the whole daemon on one machine, with nothing to set up.
+
+Starts a tansu broker, an InfluxDB (with the v2 write endpoint) and, when installed, a
+Prometheus scraping the daemon; trains a first model on the start of the bundled NAB series;
+replays the series into Kafka; runs the daemon until every event is scored and written; then
+prints what it found and where to look.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from importlib import resources
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from streamlstm import config as config_module
+from streamlstm.devstack import InfluxDB, Prometheus, TansuBroker, free_port
+
+log = logging.getLogger(__name__)
+
+DATASETS = (
+    "ec2_request_latency_system_failure.csv",
+    "art_daily_jumpsup.csv",
+    "rogue_agent_key_hold.csv",
+)
+TOPIC = "metrics"
+DATABASE = "streamlstm"
+HISTORY_FRACTION = 0.3  # the first 30% of each series trains the demo model
+
+
+def bundled_files() -> list[Path]:
+    """The demo datasets shipped inside the package."""
+    root = resources.files("streamlstm") / "data"
+    return [Path(str(root / name)) for name in DATASETS]
+
+
+def run_demo(workdir: Path, keep_running: bool = False, timeout_s: float = 600.0) -> int:
+    from streamlstm.cli import build_service
+    from streamlstm.sources.files import read_table
+    from streamlstm.sources.kafka import produce_points
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    files = bundled_files()
+    tables = [read_table(path) for path in files]
+    models = workdir / "models"
+    if not (models / "current").is_file():
+        _train_demo_model(tables, models)
+
+    with TansuBroker() as kafka, InfluxDB(databases=[DATABASE]) as influx:
+        metrics_port = free_port()
+        environ = {
+            "STREAMLSTM_KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap,
+            "STREAMLSTM_KAFKA_TOPIC": TOPIC,
+            "STREAMLSTM_KAFKA_GROUP_ID": "streamlstm-demo",
+            "STREAMLSTM_MODEL_PATH": str(models),
+            "STREAMLSTM_METRICS_PORT": str(metrics_port),
+            "STREAMLSTM_INFLUX_BUCKET": DATABASE,
+            "INFLUXDB_V2_URL": influx.url,
+            "INFLUXDB_V2_ORG": "demo",
+        }
+        settings = config_module.load(None, environ)
+        settings = _short_group_timeouts(settings)
+        prometheus = _start_prometheus(metrics_port)
+        sent = 0
+        for table in tables:
+            sent += produce_points(kafka.bootstrap, TOPIC, table.points(), table.feature_names)
+        print(f"produced {sent} events from {len(tables)} series to topic {TOPIC!r} "
+              f"at {kafka.bootstrap}")
+
+        service, server = build_service(settings, registry=CollectorRegistry())
+        server.start()
+        worker = threading.Thread(target=service.run, name="daemon", daemon=True)
+        worker.start()
+        expected = sum(_scorable(t.points(), service.pipeline.scorer.window) for t in tables)
+        written = _wait_for_points(influx, expected, timeout_s)
+        try:
+            _report(influx, written, expected, settings.metrics.port, prometheus, models)
+            if keep_running:
+                print("\nservers and daemon keep running; Ctrl-C stops them")
+                while worker.is_alive():
+                    time.sleep(1)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            service.stop()
+            worker.join(timeout=30)
+            service.close()
+            server.stop()
+            if prometheus is not None:
+                prometheus.stop()
+    return 0 if written >= expected else 1
+
+
+def _train_demo_model(tables: list, models: Path) -> None:
+    from streamlstm.model.artifact import save_artifact
+    from streamlstm.training import SeriesHistory, TrainingSettings, fit
+
+    history = {}
+    for table in tables:
+        cut = int(len(table.timestamps) * HISTORY_FRACTION)
+        history[table.series[0]] = SeriesHistory(table.timestamps[:cut], table.values[:cut])
+    print(f"training a first model on the first {HISTORY_FRACTION:.0%} of each series ...")
+    artifact = fit(history, tables[0].feature_names, TrainingSettings(epochs=15), progress=None)
+    target = save_artifact(artifact, models)
+    print(f"model {artifact.version} written to {target}")
+
+
+def _short_group_timeouts(settings: config_module.Settings) -> config_module.Settings:
+    from dataclasses import replace
+
+    # A one-member group on a local broker: join quickly instead of waiting out 5 minutes.
+    kafka = replace(settings.kafka, max_poll_interval_ms=3_000, session_timeout_ms=6_000,
+                    heartbeat_interval_ms=500)
+    return replace(settings, kafka=kafka)
+
+
+def _start_prometheus(metrics_port: int) -> Prometheus | None:
+    if shutil.which("prometheus") is None:
+        print("prometheus is not installed (scripts/setup installs it); skipping it")
+        return None
+    prometheus = Prometheus(targets=[f"127.0.0.1:{metrics_port}"])
+    prometheus.start()
+    return prometheus
+
+
+def _scorable(points: list, window: int) -> int:
+    """Events that get a score: all but the first W-1, less repeated timestamps."""
+    distinct = len({p.timestamp for p in points})
+    return max(0, distinct - (window - 1))
+
+
+def _wait_for_points(influx: InfluxDB, expected: int, timeout_s: float) -> int:
+    deadline = time.monotonic() + timeout_s
+    count = 0
+    while time.monotonic() < deadline:
+        rows = influx.query('SELECT count("score") FROM "anomaly"', db=DATABASE)
+        count = int(rows[0]["count"]) if rows else 0
+        print(f"\rscored and written: {count}/{expected}", end="", flush=True)
+        if count >= expected:
+            break
+        time.sleep(1)
+    print()
+    return count
+
+
+def _report(influx: InfluxDB, written: int, expected: int, metrics_port: int,
+            prometheus: Prometheus | None, models: Path) -> None:
+    names = [row["value"] for row in influx.query(
+        'SHOW TAG VALUES FROM "anomaly" WITH KEY = "series"', db=DATABASE)]
+    print(f"\n{'series':45} {'points':>8} {'anomalies':>10}")
+    for series in names:
+        points, anomalies = _series_counts(influx, series)
+        print(f"{series:45} {points:>8} {anomalies:>10}")
+    print(f"\n{written} of {expected} scorable events written to InfluxDB.")
+    print("first anomalies flagged:")
+    for row in influx.query('SELECT "score", "value", "series" FROM "anomaly" '
+                            'WHERE "is_anomaly" = true LIMIT 10', db=DATABASE):
+        stamp = time.strftime("%Y-%m-%d %H:%M", time.gmtime(row["time"] / 1e9))
+        print(f"  {stamp}  {row['series']:40} value={row['value']:<10.4g} "
+              f"score={row['score']:.4f}")
+    print("\nwhere to look while it runs (streamlstm demo --keep-running):")
+    print(f"  metrics:    curl -s http://127.0.0.1:{metrics_port}/metrics | grep ^streamlstm_")
+    print(f"  InfluxQL:   curl -sG {influx.url}/query --data-urlencode db={DATABASE} "
+          "--data-urlencode 'q=SELECT * FROM anomaly WHERE is_anomaly = true LIMIT 5'")
+    if prometheus is not None:
+        print(f"  Prometheus: {prometheus.url}/graph?g0.expr=streamlstm_events_scored_total")
+    print(f"  model:      streamlstm models list --models {models}")
+
+
+def _series_counts(influx: InfluxDB, series: str) -> tuple[int, int]:
+    escaped = series.replace("'", "\\'")
+    total = influx.query(f'SELECT count("score") FROM "anomaly" WHERE "series" = \'{escaped}\'',
+                         db=DATABASE)
+    flagged = influx.query(f'SELECT count("score") FROM "anomaly" WHERE "series" = '
+                           f'\'{escaped}\' AND "is_anomaly" = true', db=DATABASE)
+    return (int(total[0]["count"]) if total else 0, int(flagged[0]["count"]) if flagged else 0)

@@ -1,0 +1,220 @@
+"""The daemon's Prometheus metrics and the small HTTP server that exposes them.
+
+Every metric object is created here, on the registry passed in, so a test builds a fresh
+``CollectorRegistry()`` instead of patching globals. No metric carries a per-series label
+unless ``per_series_labels`` is switched on (cardinality grows with the series count).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+log = logging.getLogger(__name__)
+
+# Scoring a batch takes from ~0.1 ms (a few windows) to seconds (a cold start on a big poll).
+_SCORING_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+_WRITE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class Metrics:
+    """All of streamlstm's metrics, registered on ``registry``."""
+
+    def __init__(self, registry: CollectorRegistry, per_series_labels: bool = False) -> None:
+        self.registry = registry
+        self.per_series_labels = per_series_labels
+        self.events_consumed = Counter(
+            "streamlstm_events_consumed_total",
+            "Messages read from Kafka, good or bad.",
+            registry=registry,
+        )
+        self.events_rejected = Counter(
+            "streamlstm_events_rejected_total",
+            "Messages that could not be decoded, by reason; each goes to the dead-letter topic.",
+            ["reason"],
+            registry=registry,
+        )
+        self.dead_letters = Counter(
+            "streamlstm_dead_letter_messages_total",
+            "Messages forwarded to the dead-letter topic.",
+            registry=registry,
+        )
+        self.events_scored = Counter(
+            "streamlstm_events_scored_total",
+            "Events scored as the last point of a full window.",
+            registry=registry,
+        )
+        self.anomalies = Counter(
+            "streamlstm_anomalies_total",
+            "Scored events flagged as anomalous.",
+            registry=registry,
+        )
+        self.points_written = Counter(
+            "streamlstm_influx_points_written_total",
+            "Score points acknowledged by InfluxDB.",
+            registry=registry,
+        )
+        self.write_failures = Counter(
+            "streamlstm_influx_write_failures_total",
+            "Failed InfluxDB write attempts (each is retried with backoff).",
+            registry=registry,
+        )
+        self.write_seconds = Histogram(
+            "streamlstm_influx_write_seconds",
+            "Time to write one batch of score points to InfluxDB.",
+            buckets=_WRITE_BUCKETS,
+            registry=registry,
+        )
+        self.sink_up = Gauge(
+            "streamlstm_influx_up",
+            "1 when the last InfluxDB write succeeded, 0 while writes are failing.",
+            registry=registry,
+        )
+        self.batch_scoring_seconds = Histogram(
+            "streamlstm_batch_scoring_seconds",
+            "Time to score one batch of windows (normalise, model, calibrate).",
+            buckets=_SCORING_BUCKETS,
+            registry=registry,
+        )
+        self.batch_windows = Histogram(
+            "streamlstm_batch_windows",
+            "Windows scored together in one model batch.",
+            buckets=(1, 4, 16, 64, 256, 1024, 4096, 16384),
+            registry=registry,
+        )
+        self.consumer_lag = Gauge(
+            "streamlstm_consumer_lag_records",
+            "Records between the consumer position and the partition's high watermark.",
+            ["topic", "partition"],
+            registry=registry,
+        )
+        self.offsets_committed = Counter(
+            "streamlstm_offset_commits_total",
+            "Offset commits made after the scores they cover were written.",
+            registry=registry,
+        )
+        self.series_tracked = Gauge(
+            "streamlstm_series_tracked",
+            "Series with window state held in memory.",
+            registry=registry,
+        )
+        self.series_evicted = Counter(
+            "streamlstm_series_evicted_total",
+            "Series dropped from memory, by reason (idle or capacity).",
+            ["reason"],
+            registry=registry,
+        )
+        self.model_info = Gauge(
+            "streamlstm_model_info",
+            "The model in service (value 1), with its version, cell type and training time.",
+            ["version", "cell", "trained_at"],
+            registry=registry,
+        )
+        self.model_trained_timestamp = Gauge(
+            "streamlstm_model_trained_timestamp_seconds",
+            "When the model in service was trained (Unix time).",
+            registry=registry,
+        )
+        self.model_loaded_timestamp = Gauge(
+            "streamlstm_model_loaded_timestamp_seconds",
+            "When the model in service was loaded (Unix time).",
+            registry=registry,
+        )
+        self.model_reloads = Counter(
+            "streamlstm_model_reloads_total",
+            "Attempts to switch to a new model, by result (loaded or refused).",
+            ["result"],
+            registry=registry,
+        )
+        self.ready = Gauge(
+            "streamlstm_ready",
+            "1 while the daemon consumes and writes normally, 0 otherwise (see /readyz).",
+            registry=registry,
+        )
+        self.series_score: Gauge | None = None
+        if per_series_labels:
+            self.series_score = Gauge(
+                "streamlstm_series_score",
+                "Latest anomaly score per series (only with metrics.per_series_labels).",
+                ["series"],
+                registry=registry,
+            )
+        for reason in ("loaded", "refused"):
+            self.model_reloads.labels(result=reason)
+        for reason in ("idle", "capacity"):
+            self.series_evicted.labels(reason=reason)
+
+    def set_model(self, version: str, cell: str, trained_at: str, trained_ts: float,
+                  loaded_ts: float) -> None:
+        """Point the model-info metrics at the model now in service."""
+        self.model_info.clear()
+        self.model_info.labels(version=version, cell=cell, trained_at=trained_at).set(1)
+        self.model_trained_timestamp.set(trained_ts)
+        self.model_loaded_timestamp.set(loaded_ts)
+
+
+Probe = Callable[[], tuple[bool, str]]
+
+
+class MetricsServer:
+    """Serves ``/metrics``, ``/healthz`` (the process is alive) and ``/readyz`` (it is working).
+
+    Runs on its own daemon thread; ``health`` and ``ready`` return ``(ok, reason)``.
+    """
+
+    def __init__(self, registry: CollectorRegistry, host: str, port: int,
+                 health: Probe, ready: Probe) -> None:
+        self._registry = registry
+        self._health = health
+        self._ready = ready
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    self._send(200, generate_latest(server._registry), CONTENT_TYPE_LATEST)
+                elif path in ("/healthz", "/readyz"):
+                    ok, reason = (server._health if path == "/healthz" else server._ready)()
+                    body = (("ok" if ok else "not ok") + (f": {reason}" if reason else "") + "\n")
+                    self._send(200 if ok else 503, body.encode(), "text/plain; charset=utf-8")
+                else:
+                    self._send(404, b"not found\n", "text/plain; charset=utf-8")
+
+            def _send(self, code: int, body: bytes, content_type: str) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                log.debug("http: " + format, *args)
+
+        self._httpd = ThreadingHTTPServer((host, port), Handler)
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="metrics-http",
+                                        daemon=True)
+
+    @property
+    def port(self) -> int:
+        """The port actually bound (useful when 0 was asked for)."""
+        return int(self._httpd.server_address[1])
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()

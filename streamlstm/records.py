@@ -1,0 +1,70 @@
+"""Small value types that travel along the event path. They import nothing of ours."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True, slots=True)
+class Point:
+    """One decoded event: a series, its timestamp (epoch seconds, UTC) and its feature values."""
+
+    series: str
+    timestamp: float
+    values: tuple[float, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRecord:
+    """A point together with where it came from, so offsets can be committed after the write."""
+
+    point: Point
+    partition: int
+    offset: int
+    # True for records re-read below the committed offset after a (re)assignment: they refill
+    # the windows and calibration but were already scored and written, so they are not again.
+    warmup: bool = False
+    # The message as it arrived, for the dead-letter topic if the point is refused later on.
+    raw_key: bytes | None = None
+    raw_value: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A message that could not be decoded; it goes to the dead-letter topic with its reason."""
+
+    reason: str
+    detail: str
+    raw_key: bytes | None
+    raw_value: bytes | None
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class Score:
+    """The verdict on one event: the last point of a full window."""
+
+    series: str
+    timestamp: float
+    values: tuple[float, ...]
+    error: float
+    score: float
+    threshold: float
+    is_anomaly: bool
+    model_version: str
+
+
+@dataclass(frozen=True, slots=True)
+class WindowBatch:
+    """Windows ready for the model: ``windows`` is float32 ``[B, W, F]``, already normalised."""
+
+    series: list[str]
+    timestamps: np.ndarray  # float64 [B], timestamp of each window's last point
+    last_values: list[tuple[float, ...]]  # raw values of each window's last point
+    windows: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.series)

@@ -1,0 +1,177 @@
+"""CSV and Parquet readers for `train`, `replay` and `evaluate`.
+
+Accepted layouts:
+- NAB's ``timestamp,value``: one series per file, named after the file.
+- A ``series`` column: many series in one file.
+- Several value columns: one feature each (``timestamp,cpu,mem``), in column order, or the
+  columns named by ``features``.
+
+Timestamps are ISO 8601 / RFC 3339 strings (naive means UTC) or epoch seconds/milliseconds.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from streamlstm.errors import StreamlstmError
+from streamlstm.records import Point
+from streamlstm.training import SeriesHistory
+
+TIMESTAMP_COLUMN = "timestamp"
+SERIES_COLUMN = "series"
+
+
+class InputFileError(StreamlstmError):
+    """An input file is missing, unreadable or not in a layout we understand."""
+
+
+@dataclass
+class Table:
+    """A file's rows in file order: series name, timestamp and feature values per row."""
+
+    series: list[str]
+    timestamps: np.ndarray  # float64 epoch seconds
+    values: np.ndarray  # float64 [N, F]
+    feature_names: list[str]
+
+    def points(self) -> list[Point]:
+        return [Point(s, t, tuple(v)) for s, t, v in zip(
+            self.series, self.timestamps.tolist(), self.values.tolist(), strict=True)]
+
+    def history(self) -> dict[str, SeriesHistory]:
+        """Rows grouped by series, each sorted by time."""
+        names = np.asarray(self.series)
+        out: dict[str, SeriesHistory] = {}
+        for name in dict.fromkeys(self.series):
+            mask = names == name
+            order = np.argsort(self.timestamps[mask], kind="stable")
+            out[name] = SeriesHistory(self.timestamps[mask][order], self.values[mask][order])
+        return out
+
+
+def read_table(path: str | Path, features: Sequence[str] | None = None,
+               series_name: str | None = None) -> Table:
+    """Read one CSV or Parquet file. ``series_name`` names a single-series file."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(f"{path}: no such file")
+    columns = _read_columns(path)
+    if TIMESTAMP_COLUMN not in columns:
+        raise InputFileError(f"{path}: no '{TIMESTAMP_COLUMN}' column "
+                             f"(found: {', '.join(columns) or 'none'})")
+    value_columns = list(features) if features else [
+        c for c in columns if c not in (TIMESTAMP_COLUMN, SERIES_COLUMN)]
+    missing = [c for c in value_columns if c not in columns]
+    if missing or not value_columns:
+        raise InputFileError(f"{path}: missing value column(s) {', '.join(missing) or 'value'}")
+    n = len(columns[TIMESTAMP_COLUMN])
+    try:
+        values = np.column_stack([np.asarray(columns[c], dtype=np.float64) for c in value_columns])
+    except ValueError as exc:
+        raise InputFileError(f"{path}: non-numeric value: {exc}") from exc
+    if not np.isfinite(values).all():
+        row = int(np.argwhere(~np.isfinite(values))[0][0])
+        raise InputFileError(f"{path}: row {row + 2}: value is not a finite number")
+    timestamps = parse_timestamps(columns[TIMESTAMP_COLUMN], where=str(path))
+    if SERIES_COLUMN in columns:
+        series = [str(s) for s in columns[SERIES_COLUMN]]
+    else:
+        series = [series_name or path.stem] * n
+    return Table(series, timestamps, values, value_columns)
+
+
+def read_tables(paths: Sequence[str | Path], features: Sequence[str] | None = None) -> Table:
+    """Several files as one table (rows of each file in order, files one after the other)."""
+    tables = [read_table(p, features) for p in paths]
+    if not tables:
+        raise InputFileError("no input files")
+    names = tables[0].feature_names
+    for path, table in zip(paths, tables, strict=True):
+        if table.feature_names != names:
+            raise InputFileError(f"{path}: features {table.feature_names} differ from {names}")
+    return Table(
+        series=[s for t in tables for s in t.series],
+        timestamps=np.concatenate([t.timestamps for t in tables]),
+        values=np.concatenate([t.values for t in tables]),
+        feature_names=names,
+    )
+
+
+def parse_timestamps(raw: Sequence[object], where: str = "input") -> np.ndarray:
+    """ISO strings or epoch numbers -> float64 epoch seconds (UTC)."""
+    if len(raw) == 0:
+        return np.empty(0)
+    first = raw[0]
+    if isinstance(first, int | float | np.number) or _is_number(str(first)):
+        try:
+            numbers = np.asarray(raw, dtype=np.float64)
+        except ValueError as exc:
+            raise InputFileError(f"{where}: mixed timestamp formats: {exc}") from exc
+        return numbers / 1000.0 if np.nanmax(np.abs(numbers)) > 1e11 else numbers
+    text = [str(x).strip().replace("Z", "+00:00") for x in raw]
+    try:
+        # numpy parses naive ISO 8601 quickly; offsets are handled row by row below.
+        if not any("+" in t[10:] or t[10:].count("-") for t in text[:1]):
+            stamps = np.asarray(text, dtype="datetime64[us]")
+            return stamps.astype("int64") / 1e6
+    except ValueError:
+        pass
+    from datetime import UTC, datetime
+
+    out = np.empty(len(text))
+    for i, t in enumerate(text):
+        try:
+            moment = datetime.fromisoformat(t)
+        except ValueError as exc:
+            raise InputFileError(f"{where}: row {i + 2}: bad timestamp {t!r}") from exc
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        out[i] = moment.timestamp()
+    return out
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _read_columns(path: Path) -> dict[str, list[object]]:
+    if path.suffix.lower() in (".parquet", ".pq"):
+        try:
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(path)
+        except Exception as exc:  # pyarrow's errors have no common base worth naming
+            raise InputFileError(f"{path}: cannot read Parquet: {exc}") from exc
+        out: dict[str, list[object]] = {}
+        for name in table.column_names:
+            column = table.column(name)
+            if name == TIMESTAMP_COLUMN and str(column.type).startswith("timestamp"):
+                out[name] = [v.timestamp() if v is not None else None
+                             for v in column.to_pylist()]
+            else:
+                out[name] = column.to_pylist()
+        return out
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.reader(handle)
+            header = next(reader, None)
+            if header is None:
+                raise InputFileError(f"{path}: empty file")
+            header = [h.strip() for h in header]
+            rows = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputFileError(f"{path}: cannot read CSV: {exc}") from exc
+    for number, row in enumerate(rows, start=2):
+        if len(row) != len(header):
+            raise InputFileError(f"{path}: row {number}: {len(row)} fields, "
+                                 f"header has {len(header)}")
+    return {name: [row[i] for row in rows] for i, name in enumerate(header)}

@@ -1,0 +1,215 @@
+"""Offline training: history in, a model artifact out. No I/O beyond an optional progress bar.
+
+History goes through the same `WindowStore` and `SeriesScale` as the live stream, so training
+windows are cut, gap-filled and normalised exactly as the daemon will see them. Each series is
+split by time (the last ``validation_fraction`` validates, no look-ahead); training stops when
+the validation loss stops improving, and the calibration prior is fitted on validation errors.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from streamlstm.calibration import CalibrationSettings
+from streamlstm.errors import StreamlstmError
+from streamlstm.model.artifact import Artifact
+from streamlstm.model.lstm_ae import Architecture, LSTMAutoencoder
+from streamlstm.pipeline import SCALE_FADING_FACTOR
+from streamlstm.records import Point
+from streamlstm.scoring import SeriesScale, reconstruction_error, resolve_device
+from streamlstm.windows import WindowStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """Model shape and optimisation settings for `fit`."""
+
+    window: int = 32
+    hidden_size: int = 32
+    num_layers: int = 1
+    cell: Literal["lstm", "gru"] = "lstm"
+    dropout: float = 0.0
+    epochs: int = 30
+    batch_size: int = 256
+    learning_rate: float = 3e-3
+    validation_fraction: float = 0.2
+    patience: int = 4
+    stride: int = 1
+    max_windows: int = 100_000
+    max_gap_intervals: int = 5
+    seed: int = 0
+    device: str = "cpu"
+    calibration: CalibrationSettings = field(default_factory=CalibrationSettings)
+
+
+@dataclass
+class SeriesHistory:
+    """One series' history: timestamps (epoch s, ascending) and values ``[N, F]``."""
+
+    timestamps: np.ndarray
+    values: np.ndarray
+
+
+class TrainingError(StreamlstmError):
+    """The history cannot train a model (too short, wrong shape)."""
+
+
+def fit(history: Mapping[str, SeriesHistory], feature_names: list[str],
+        settings: TrainingSettings | None = None, progress: bool | None = None) -> Artifact:
+    """Train an LSTM autoencoder on ``history`` and return an unsaved `Artifact`."""
+    settings = settings or TrainingSettings()
+    if progress is None:
+        progress = sys.stderr.isatty()
+    torch.manual_seed(settings.seed)
+    rng = np.random.default_rng(settings.seed)
+    n_features = len(feature_names)
+    train_parts, val_parts, series_scale, summary = _windows(history, n_features, settings)
+    train = np.concatenate(train_parts) if train_parts else np.empty((0,))
+    val = np.concatenate(val_parts) if val_parts else np.empty((0,))
+    if len(train) < 2 or len(val) < 1:
+        need = settings.window / (1 - settings.validation_fraction)
+        raise TrainingError(f"not enough history: {len(train)} training and {len(val)} validation "
+                            f"windows; each series needs well over {math.ceil(need)} points")
+    if len(train) > settings.max_windows:
+        train = train[np.sort(rng.choice(len(train), settings.max_windows, replace=False))]
+    if len(val) > settings.max_windows // 4:
+        val = val[np.sort(rng.choice(len(val), settings.max_windows // 4, replace=False))]
+
+    device = torch.device(resolve_device(settings.device))
+    architecture = Architecture(n_features=n_features, window=settings.window,
+                                hidden_size=settings.hidden_size, num_layers=settings.num_layers,
+                                cell=settings.cell, dropout=settings.dropout)
+    model = LSTMAutoencoder(architecture).to(device)
+    optimiser = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
+    train_t = torch.from_numpy(train)
+    val_t = torch.from_numpy(val).to(device)
+    generator = torch.Generator().manual_seed(settings.seed)
+
+    best_loss = math.inf
+    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    epochs_run = 0
+    stale = 0
+    started = time.perf_counter()
+    bar = tqdm(total=settings.epochs, disable=not progress, unit="epoch", desc="training")
+    for epoch in range(settings.epochs):
+        model.train()
+        order = torch.randperm(len(train_t), generator=generator)
+        total = 0.0
+        epoch_started = time.perf_counter()
+        for start in range(0, len(order), settings.batch_size):
+            batch = train_t[order[start : start + settings.batch_size]].to(device)
+            optimiser.zero_grad()
+            loss = reconstruction_error(batch, model(batch)).mean()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimiser.step()
+            total += float(loss.detach()) * len(batch)
+        train_loss = total / len(train_t)
+        val_loss = float(_errors(model, val_t).mean())
+        epochs_run = epoch + 1
+        rate = len(train_t) / max(time.perf_counter() - epoch_started, 1e-9)
+        bar.set_postfix(loss=f"{train_loss:.4f}", val=f"{val_loss:.4f}", windows_s=f"{rate:,.0f}")
+        bar.update(1)
+        log.debug("epoch %d: train %.5f validation %.5f", epoch + 1, train_loss, val_loss)
+        if val_loss < best_loss - 1e-6:
+            best_loss = val_loss
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            stale = 0
+        else:
+            stale += 1
+            if stale >= settings.patience:
+                break
+    bar.close()
+    model.load_state_dict(best_state)
+
+    val_errors = _errors(model, val_t).double().cpu().numpy()
+    log_errors = np.log(np.maximum(val_errors, 1e-12))
+    calibration = CalibrationSettings(**{
+        **asdict(settings.calibration),
+        "prior_mean": float(log_errors.mean()),
+        "prior_std": float(max(log_errors.std(), settings.calibration.min_std)),
+    })
+    quantiles = {str(q): float(np.quantile(val_errors, q)) for q in (0.5, 0.9, 0.99, 0.999)}
+    return Artifact(
+        architecture=architecture,
+        state_dict={k: v.cpu() for k, v in best_state.items()},
+        feature_names=list(feature_names),
+        normalisation={"method": "window-centred, series-scaled", "series_scale": series_scale},
+        calibration=calibration.to_dict(),
+        training={
+            "settings": {k: v for k, v in asdict(settings).items() if k != "calibration"},
+            "data": summary | {"windows": int(len(train) + len(val)),
+                               "training_windows": int(len(train)),
+                               "validation_windows": int(len(val))},
+            "epochs": epochs_run,
+            "validation_loss": best_loss,
+            "validation_error_quantiles": quantiles,
+            "seconds": round(time.perf_counter() - started, 3),
+        },
+    )
+
+
+def _windows(history: Mapping[str, SeriesHistory], n_features: int, settings: TrainingSettings,
+             ) -> tuple[list[np.ndarray], list[np.ndarray], dict[str, list[float]], dict[str, Any]]:
+    """Cut and normalise each series' windows, split into training and validation by time."""
+    train_parts: list[np.ndarray] = []
+    val_parts: list[np.ndarray] = []
+    series_scale: dict[str, list[float]] = {}
+    rows = 0
+    first, last = math.inf, -math.inf
+    for name, series in history.items():
+        values = np.asarray(series.values, dtype=np.float64)
+        values = values.reshape(len(values), -1) if values.size else values.reshape(0, n_features)
+        if values.shape[1] != n_features:
+            raise TrainingError(f"series {name!r} has {values.shape[1]} features, "
+                                f"expected {n_features}")
+        if not np.isfinite(values).all():
+            raise TrainingError(f"series {name!r} has non-finite values")
+        rows += len(values)
+        if len(values) == 0:
+            continue
+        first = min(first, float(series.timestamps[0]))
+        last = max(last, float(series.timestamps[-1]))
+        store = WindowStore(settings.window, n_features, stride=settings.stride, max_series=1,
+                            max_gap_intervals=settings.max_gap_intervals)
+        points = [Point(name, float(t), tuple(v)) for t, v in zip(series.timestamps.tolist(),
+                                                                    values.tolist(), strict=True)]
+        ready = store.append(points, now=0.0)
+        if len(ready.index) == 0:
+            continue
+        scale = SeriesScale(1, n_features, SCALE_FADING_FACTOR)
+        normalised = scale.normalise([name] * len(ready.index), ready.slots, ready.windows)
+        series_scale[name] = scale.scale_of(0).tolist()
+        split_at = series.timestamps[int(len(points) * (1 - settings.validation_fraction))]
+        ends = series.timestamps[ready.index]
+        # A validation window must not contain training-period points, nor the reverse.
+        train_parts.append(normalised[ends < split_at])
+        val_first = np.searchsorted(ends, split_at) + settings.window - 1
+        val_parts.append(normalised[val_first:])
+    summary = {
+        "series": len(history),
+        "rows": rows,
+        "first_timestamp": first if math.isfinite(first) else None,
+        "last_timestamp": last if math.isfinite(last) else None,
+    }
+    return train_parts, val_parts, series_scale, summary
+
+
+def _errors(model: LSTMAutoencoder, windows: torch.Tensor, batch: int = 8192) -> torch.Tensor:
+    model.eval()
+    with torch.inference_mode():
+        return torch.cat([reconstruction_error(windows[i : i + batch], model(windows[i : i + batch]))
+                          for i in range(0, len(windows), batch)]) if len(windows) else (
+            torch.empty(0))
