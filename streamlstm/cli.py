@@ -219,7 +219,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.plots:
         plots = Path(args.plots)
         plots.mkdir(parents=True, exist_ok=True)
-        threshold = report.thresholds["standard"]
+        threshold = report.threshold
         for series in series_list:
             name = series.name.replace("/", "__").removesuffix(".csv") + ".png"
             evaluation.plot_series(series, series.scores >= threshold, threshold, plots / name)
@@ -283,7 +283,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
 
     table = read_tables(args.input)
     sent = produce_points(args.bootstrap, args.topic, table.points(), table.feature_names,
-                          rate=args.rate)
+                          rate=args.rate, restamp=args.restamp)
     print(f"produced {sent} events to {args.topic} at {args.bootstrap}")
     return 0
 
@@ -319,7 +319,7 @@ class _open_output:
         self.handle: Any = None
 
     def __enter__(self) -> Any:
-        self.handle = sys.stdout if self.target == "-" else open(  # noqa: SIM115
+        self.handle = sys.stdout if self.target == "-" else open(
             self.target, "w", newline="", encoding="utf-8")
         return self.handle
 
@@ -392,7 +392,10 @@ def _parser() -> argparse.ArgumentParser:
     produce.add_argument("--input", nargs="+", required=True)
     produce.add_argument("--topic", default="metrics")
     produce.add_argument("--bootstrap", default="127.0.0.1:9092")
-    produce.add_argument("--rate", type=float, default=0.0, help="events/s (0: as fast as possible)")
+    produce.add_argument("--rate", type=float, default=0.0,
+                         help="events/s (0: as fast as possible)")
+    produce.add_argument("--restamp", action="store_true",
+                         help="stamp each event with the time it is sent")
     produce.set_defaults(handler=cmd_produce)
 
     demo = verbs.add_parser("demo", help="local broker + InfluxDB, a dataset replayed, scored")

@@ -128,8 +128,9 @@ class Service:
     def run_once(self) -> bool:
         """One poll -> score -> write -> commit turn. False when the batch was not committed."""
         polled = self.source.poll()
-        self.metrics.events_consumed.inc(len(polled.records) + len(polled.rejected))
-        if not polled.offsets:
+        self.metrics.events_consumed.inc(
+            sum(1 for r in polled.records if not r.warmup) + len(polled.rejected))
+        if not polled.records and not polled.rejected:
             self._update_gauges()
             if not self._stop.is_set():
                 self._set_ready(True, "")
@@ -162,8 +163,9 @@ class Service:
             log.warning("stopping with %d scores unwritten; they will be replayed from the last "
                         "committed offsets", len(result.scores))
             return False
-        self.source.commit(polled.offsets)
-        self.metrics.offsets_committed.inc()
+        if polled.offsets:  # a poll of warm-up records only has nothing new to commit
+            self.source.commit(polled.offsets)
+            self.metrics.offsets_committed.inc()
         self.metrics.events_scored.inc(len(result.scores))
         anomalies = sum(1 for s in result.scores if s.is_anomaly)
         self.metrics.anomalies.inc(anomalies)

@@ -151,8 +151,8 @@ def fit(history: Mapping[str, SeriesHistory], feature_names: list[str],
         training={
             "settings": {k: v for k, v in asdict(settings).items() if k != "calibration"},
             "data": summary | {"windows": int(len(train) + len(val)),
-                               "training_windows": int(len(train)),
-                               "validation_windows": int(len(val))},
+                               "training_windows": len(train),
+                               "validation_windows": len(val)},
             "epochs": epochs_run,
             "validation_loss": best_loss,
             "validation_error_quantiles": quantiles,
@@ -209,7 +209,8 @@ def _windows(history: Mapping[str, SeriesHistory], n_features: int, settings: Tr
 
 def _errors(model: LSTMAutoencoder, windows: torch.Tensor, batch: int = 8192) -> torch.Tensor:
     model.eval()
+    if len(windows) == 0:
+        return torch.empty(0)
     with torch.inference_mode():
-        return torch.cat([reconstruction_error(windows[i : i + batch], model(windows[i : i + batch]))
-                          for i in range(0, len(windows), batch)]) if len(windows) else (
-            torch.empty(0))
+        return torch.cat([reconstruction_error(part, model(part))
+                          for part in torch.split(windows, batch)])

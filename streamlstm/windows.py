@@ -160,7 +160,7 @@ class WindowStore:
     def _fill_gap(self, slot: int, last_ts: float, ts: float, values: np.ndarray,
                   interval: float) -> None:
         """Linearly interpolate the samples missing between the last point and this one."""
-        missing = int(round((ts - last_ts) / interval)) - 1
+        missing = round((ts - last_ts) / interval) - 1
         if missing <= 0:
             return
         previous = self._values[slot, (self._pos[slot] - 1) % self.window].copy()

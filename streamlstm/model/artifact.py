@@ -200,7 +200,7 @@ def list_versions(models_dir: str | Path) -> list[dict[str, Any]]:
         current = (models / CURRENT_FILE).read_text().strip()
     except OSError:
         current = ""
-    rows = []
+    rows: list[dict[str, Any]] = []
     for meta_path in sorted(models.glob(f"*/{META_FILE}")):
         if meta_path.parent.name.startswith("."):
             continue

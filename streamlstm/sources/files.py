@@ -72,8 +72,11 @@ def read_table(path: str | Path, features: Sequence[str] | None = None,
     n = len(columns[TIMESTAMP_COLUMN])
     try:
         values = np.column_stack([np.asarray(columns[c], dtype=np.float64) for c in value_columns])
-    except ValueError as exc:
-        raise InputFileError(f"{path}: non-numeric value: {exc}") from exc
+    except (TypeError, ValueError) as exc:
+        column = next(c for c in value_columns if _first_non_number(columns[c]) >= 0)
+        row = _first_non_number(columns[column])
+        raise InputFileError(f"{path}: row {row + 2}: {column} {columns[column][row]!r} "
+                             f"is not a number") from exc
     if not np.isfinite(values).all():
         row = int(np.argwhere(~np.isfinite(values))[0][0])
         raise InputFileError(f"{path}: row {row + 2}: value is not a finite number")
@@ -110,13 +113,18 @@ def parse_timestamps(raw: Sequence[object], where: str = "input") -> np.ndarray:
     if isinstance(first, int | float | np.number) or _is_number(str(first)):
         try:
             numbers = np.asarray(raw, dtype=np.float64)
-        except ValueError as exc:
-            raise InputFileError(f"{where}: mixed timestamp formats: {exc}") from exc
+        except (TypeError, ValueError) as exc:
+            row = _first_non_number(raw)
+            raise InputFileError(f"{where}: row {row + 2}: bad timestamp {raw[row]!r} "
+                                 f"(the column holds epoch numbers)") from exc
+        if not np.isfinite(numbers).all():
+            row = int(np.argwhere(~np.isfinite(numbers))[0][0])
+            raise InputFileError(f"{where}: row {row + 2}: bad timestamp {raw[row]!r}")
         return numbers / 1000.0 if np.nanmax(np.abs(numbers)) > 1e11 else numbers
     text = [str(x).strip().replace("Z", "+00:00") for x in raw]
     try:
         # numpy parses naive ISO 8601 quickly; offsets are handled row by row below.
-        if not any("+" in t[10:] or t[10:].count("-") for t in text[:1]):
+        if not any("+" in t[10:] or "-" in t[10:] for t in text):
             stamps = np.asarray(text, dtype="datetime64[us]")
             return stamps.astype("int64") / 1e6
     except ValueError:
@@ -133,6 +141,16 @@ def parse_timestamps(raw: Sequence[object], where: str = "input") -> np.ndarray:
             moment = moment.replace(tzinfo=UTC)
         out[i] = moment.timestamp()
     return out
+
+
+def _first_non_number(raw: Sequence[object]) -> int:
+    """The index of the first entry that is not a number, or -1."""
+    for i, x in enumerate(raw):
+        try:
+            float(x)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            return i
+    return -1
 
 
 def _is_number(text: str) -> bool:
@@ -155,8 +173,11 @@ def _read_columns(path: Path) -> dict[str, list[object]]:
         for name in table.column_names:
             column = table.column(name)
             if name == TIMESTAMP_COLUMN and str(column.type).startswith("timestamp"):
-                out[name] = [v.timestamp() if v is not None else None
-                             for v in column.to_pylist()]
+                # Stored as integers since the epoch in UTC (naive ones too: naive means UTC);
+                # datetime.timestamp() would read a naive value in the local time zone.
+                per_second = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}[column.type.unit]
+                out[name] = [v / per_second if v is not None else None
+                             for v in column.cast("int64").to_pylist()]
             else:
                 out[name] = column.to_pylist()
         return out

@@ -22,10 +22,11 @@ Notes on brokers, learnt from tansu (the broker the tests run against):
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -440,3 +441,40 @@ def read_range(settings: KafkaSettings, start_ts: float, end_ts: float,
         consumer.close(autocommit=False)
     if skipped:
         log.warning("read_range skipped undecodable messages: %s", skipped)
+
+
+def produce_points(bootstrap: str, topic: str, points: Sequence[Point],
+                   feature_names: Sequence[str], rate: float = 0.0,
+                   restamp: bool = False, clock: Callable[[], float] = time.time) -> int:
+    """Send ``points`` as JSON events keyed by series (so each series keeps its order).
+
+    ``rate`` limits events per second (0: as fast as the broker takes them); ``restamp``
+    stamps each event with the time it is sent instead of its recorded time, so dashboards
+    that show recent data see it (live demos).
+    """
+    try:
+        producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20)
+    except KafkaError as exc:
+        raise SourceError(f"kafka at {bootstrap}: connecting the producer failed: {exc}") from exc
+    started = clock()
+    sent = 0
+    try:
+        for point in points:
+            if rate > 0:
+                delay = started + sent / rate - clock()
+                if delay > 0:
+                    time.sleep(delay)
+            timestamp = clock() if restamp else point.timestamp
+            body: dict[str, Any] = {"series": point.series, "timestamp": timestamp}
+            if len(feature_names) == 1:
+                body["value"] = point.values[0]
+            else:
+                body["values"] = dict(zip(feature_names, point.values, strict=True))
+            producer.send(topic, key=point.series.encode(), value=json.dumps(body).encode())
+            sent += 1
+        producer.flush()
+    except KafkaError as exc:
+        raise SourceError(f"kafka at {bootstrap}: producing to {topic} failed: {exc}") from exc
+    finally:
+        producer.close()
+    return sent

@@ -51,16 +51,17 @@ def event(series: str, index: int, value: float) -> dict[str, Any]:
     return {"series": series, "timestamp": T0 + index * STEP, "value": value}
 
 
-def produce(bootstrap: str, topic: str, messages: Iterable[dict[str, Any] | bytes],
-            key_by_series: bool = True) -> int:
-    """Send JSON events (dicts) or raw bytes; keyed by series so each series keeps its order."""
+def produce(bootstrap: str, topic: str, messages: Iterable[dict[str, Any] | bytes]) -> int:
+    """Send JSON events (dicts) or raw bytes, keyed by series so each series keeps its order
+    (raw bytes go with the key of the last event before them)."""
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
     sent = 0
+    key = b"raw"
     for message in messages:
         if isinstance(message, bytes):
-            producer.send(topic, key=b"raw", value=message)
+            producer.send(topic, key=key, value=message)
         else:
-            key = message["series"].encode() if key_by_series else None
+            key = message["series"].encode()
             producer.send(topic, key=key, value=json.dumps(message).encode())
         sent += 1
     producer.flush()

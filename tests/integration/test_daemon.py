@@ -107,7 +107,8 @@ def test_restart_resumes_from_committed_offsets_without_loss(kafka, influx, uniq
         wait_until(lambda: count_points(influx, database) >= expected, 120, "all scores")
         # The second run re-read the tail of the first part to refill its windows, but scored
         # and wrote only the new events: nothing twice, nothing skipped.
-        wait_until(lambda: second.metric("streamlstm_events_scored_total") == len(names) * (n - cut),
+        new_events = len(names) * (n - cut)
+        wait_until(lambda: second.metric("streamlstm_events_scored_total") == new_events,
                    10, "scored count of the second run")
 
     points = points_by_series(influx, database)
@@ -132,7 +133,7 @@ def test_bad_messages_go_to_the_dead_letter_topic_and_good_ones_are_all_scored(
     ]
     late = event("svc.latency", 10, 1.0)  # a timestamp the series has already passed
     messages: list[dict | bytes] = [*good[:40], *bad, *good[40:], late]
-    produce(kafka.bootstrap, topic, messages, key_by_series=False)
+    produce(kafka.bootstrap, topic, messages)
 
     settings = settings_for(kafka.bootstrap, topic, group, influx.url, database, models)
     with RunningDaemon(settings) as daemon:
@@ -148,7 +149,9 @@ def test_bad_messages_go_to_the_dead_letter_topic_and_good_ones_are_all_scored(
 
     consumer = KafkaConsumer(bootstrap_servers=kafka.bootstrap, auto_offset_reset="earliest",
                              consumer_timeout_ms=5_000)
-    consumer.assign([TopicPartition(f"{topic}.dead-letter", 0)])
+    dead_letter_topic = f"{topic}.dead-letter"
+    partitions = consumer.partitions_for_topic(dead_letter_topic) or set()
+    consumer.assign([TopicPartition(dead_letter_topic, p) for p in partitions])
     dead = list(consumer)
     consumer.close()
     assert len(dead) == 6

@@ -429,7 +429,7 @@ def test_dockerfile_is_slim_non_root_cpu_torch_with_a_health_check() -> None:
             matches = list(ROOT.glob(part.rstrip("/")))
             assert matches, f"COPY source {part} does not exist"
     ignore = (DEPLOY / "Dockerfile.dockerignore").read_text(encoding="utf-8")
-    assert "!streamlstm/" in ignore and "!pyproject.toml" in ignore
+    assert "!streamlstm\n" in ignore and "!pyproject.toml" in ignore
 
 
 def test_systemd_unit_runs_reloads_and_restarts() -> None:
