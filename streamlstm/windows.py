@@ -14,7 +14,7 @@ series makes room. Evicted series start their warm-up again if they come back.
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -72,8 +72,8 @@ class WindowStore:
         self._count = np.zeros(max_series, dtype=np.int64)  # values since the (re)start
         self._last_ts = np.full(max_series, -np.inf)
         self._interval = np.zeros(max_series)  # sampling interval learnt from the series
-        self._gaps = np.zeros((max_series, _GAP_HISTORY))  # latest gaps, a ring per series
-        self._n_gaps = np.zeros(max_series, dtype=np.int64)
+        # The latest gaps between samples, per series (small: plain Python is fastest here).
+        self._gaps: list[deque[float]] = [deque(maxlen=_GAP_HISTORY) for _ in range(max_series)]
         self._last_seen = np.zeros(max_series)  # clock value of the last append
         self._slots: OrderedDict[str, int] = OrderedDict()  # least recently seen first
         self._free = list(range(max_series - 1, -1, -1))
@@ -172,11 +172,12 @@ class WindowStore:
         # The (upper) median of the latest gaps ignores an isolated early or missing sample, which
         # would otherwise make every regular sample after it look like a gap to fill, yet follows
         # a series whose sampling really changes within a few samples.
-        n = self._n_gaps[slot]
-        self._gaps[slot, n % _GAP_HISTORY] = gap
-        self._n_gaps[slot] = n + 1
-        recent = np.sort(self._gaps[slot, : min(n + 1, _GAP_HISTORY)])
-        self._interval[slot] = recent[len(recent) // 2]
+        gaps = self._gaps[slot]
+        unchanged = len(gaps) == _GAP_HISTORY and gaps[0] == gap  # a regular series
+        gaps.append(gap)  # drops the oldest
+        if not unchanged:
+            ordered = sorted(gaps)
+            self._interval[slot] = ordered[len(ordered) // 2]
 
     def _allocate(self, series: str) -> tuple[int, int]:
         evicted = 0
@@ -193,7 +194,7 @@ class WindowStore:
         self._count[slot] = 0
         self._last_ts[slot] = -np.inf
         self._interval[slot] = 0.0
-        self._n_gaps[slot] = 0
+        self._gaps[slot].clear()
         self._free.append(slot)
 
     def _evict_idle(self, now: float) -> int:

@@ -227,6 +227,20 @@ def test_max_series_evicts_the_least_recently_seen(tiny_artifact: Artifact) -> N
     assert pipeline.store.series() == ["b", "c"]
 
 
+def test_a_slot_reused_within_one_batch_starts_the_new_series_afresh(
+        tiny_artifact: Artifact) -> None:
+    n = W + 20
+    a = to_points("a", timestamps(n), 50 + 10 * sine_values(n, seed=1))
+    c = to_points("c", timestamps(n), sine_values(n, seed=2, phase=5))
+    pipeline = Pipeline(tiny_artifact, PipelineSettings(max_series=1))
+    result = pipeline.process(a + c, now=0.0)  # "c" evicts "a" half-way through the batch
+    assert result.evicted_capacity == 1
+    alone = score_points(Pipeline(tiny_artifact), c)
+    mine = [s for s in result.scores if s.series == "c"]
+    np.testing.assert_allclose([s.score for s in mine], [s.score for s in alone if s],
+                               rtol=0, atol=1e-5)
+
+
 def test_swap_model_keeps_windows_when_the_shape_matches(tiny_artifact: Artifact) -> None:
     pipeline = Pipeline(tiny_artifact)
     points = spiky_sine(W + 1, [])
