@@ -117,11 +117,11 @@ def build_service(settings: config_module.Settings, registry: Any = None) -> tup
 def cmd_train(args: argparse.Namespace) -> int:
     from streamlstm.calibration import CalibrationSettings
     from streamlstm.model.artifact import save_artifact
-    from streamlstm.sources.files import read_tables
     from streamlstm.training import TrainingSettings, fit
 
+    source = _check_train_source(args)
     features = _split(args.features)
-    table = read_tables(args.input, features)
+    table = _training_table(args, source, features)
     settings = TrainingSettings(
         window=args.window, hidden_size=args.hidden_size, num_layers=args.layers, cell=args.cell,
         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
@@ -130,14 +130,79 @@ def cmd_train(args: argparse.Namespace) -> int:
         calibration=CalibrationSettings(threshold=args.threshold, warmup=args.warmup),
     )
     history = table.history()
-    log.info("training on %d series, %d rows, features %s", len(history), len(table.series),
-             ", ".join(table.feature_names))
+    log.info("training on %d series, %d rows from %s, features %s", len(history),
+             len(table.series), source, ", ".join(table.feature_names))
     artifact = fit(history, table.feature_names, settings)
     target = save_artifact(artifact, args.output, make_current=not args.no_activate)
     print(f"model {artifact.version} written to {target} "
           f"(validation loss {artifact.training['validation_loss']:.5f}, "
           f"{artifact.training['epochs']} epochs)")
     return 0
+
+
+# Per history source: its selecting option, then the options that only go with it (dests).
+_TRAIN_SOURCES = {
+    "files": ("--input", {}),
+    "kafka": ("--kafka-topic", {"--bootstrap": "bootstrap", "--from": "start", "--to": "end",
+                                "--config": "config"}),
+    "influx": ("--influx-query", {"--influx-url": "influx_url", "--influx-db": "influx_db"}),
+}
+
+
+def _check_train_source(args: argparse.Namespace) -> str:
+    """Which history source the options name: ``files``, ``kafka`` or ``influx``.
+
+    argparse already demands exactly one of ``--input``, ``--kafka-topic`` and
+    ``--influx-query``; this refuses the other sources' options and reads the Kafka time
+    range into ``args.start_ts`` and ``args.end_ts`` (epoch seconds).
+    """
+    from streamlstm.decoding import parse_timestamp
+    from streamlstm.errors import DecodeError
+
+    parser: argparse.ArgumentParser = args.train_parser
+    source = ("files" if args.input is not None else
+              "kafka" if args.kafka_topic is not None else "influx")
+    for other, (selector, options) in _TRAIN_SOURCES.items():
+        for option, dest in options.items():
+            if other != source and getattr(args, dest) is not None:
+                parser.error(f"{option} only goes with {selector}")
+    if source == "kafka":
+        if args.start is None:
+            parser.error("--kafka-topic needs --from (and --to, default now)")
+        try:
+            args.start_ts = parse_timestamp(args.start)
+            args.end_ts = time.time() if args.end is None else parse_timestamp(args.end)
+        except DecodeError as exc:
+            parser.error(f"--from/--to: {exc.detail}")
+        if args.start_ts >= args.end_ts:
+            parser.error("--from must be before --to")
+    return source
+
+
+def _training_table(args: argparse.Namespace, source: str, features: list[str] | None) -> Any:
+    """The history as a ``sources.files.Table``, whichever source it comes from."""
+    if source == "files":
+        from streamlstm.sources.files import read_tables
+
+        return read_tables(args.input, features)
+    if source == "kafka":
+        from dataclasses import replace
+
+        from streamlstm.decoding import JsonDecoder
+        from streamlstm.sources import kafka_history
+
+        daemon = config_module.load(args.config, os.environ)
+        kafka = replace(daemon.kafka, topic=args.kafka_topic,
+                        bootstrap_servers=args.bootstrap or daemon.kafka.bootstrap_servers)
+        decoder = JsonDecoder(daemon.decoder, features or ("value",))
+        return kafka_history.read_history(kafka, decoder, args.start_ts, args.end_ts)
+    from streamlstm.sources import influx_history
+
+    url = args.influx_url or os.environ.get("INFLUXDB_V2_URL") or influx_history.DEFAULT_URL
+    return influx_history.read_history(influx_history.InfluxHistoryQuery(
+        url=url, query=args.influx_query, database=args.influx_db,
+        token=os.environ.get("INFLUXDB_V2_TOKEN", ""),
+    ), features)
 
 
 # ---------------------------------------------------------------- replay
@@ -336,10 +401,36 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--config", help="YAML settings file (environment variables override it)")
     run.set_defaults(handler=cmd_run)
 
-    train = verbs.add_parser("train", help="train a model from history files")
-    train.add_argument("--input", nargs="+", required=True, help="CSV or Parquet files")
+    train = verbs.add_parser(
+        "train", help="train a model from history: files, a Kafka time range or InfluxDB",
+        description="Train a model from history. Give exactly one source: --input FILES, "
+                    "--kafka-topic with --from/--to, or --influx-query.")
+    sources = train.add_mutually_exclusive_group(required=True)
+    sources.add_argument("--input", nargs="+", metavar="FILE", help="CSV or Parquet files")
+    sources.add_argument("--kafka-topic", metavar="TOPIC",
+                         help="read the topic's events with --from <= timestamp < --to "
+                              "(no consumer group, nothing committed)")
+    sources.add_argument("--influx-query", metavar="INFLUXQL",
+                         help="an InfluxQL SELECT; each series (measurement,tag=value,...) "
+                              "is one series, the selected fields are the features")
     train.add_argument("--output", required=True, help="models directory (a new version)")
-    train.add_argument("--features", help="value columns, comma-separated (default: all)")
+    train.add_argument("--features", help="value columns, comma-separated (default: all; "
+                                          "with --kafka-topic: value)")
+    kafka = train.add_argument_group("Kafka history (--kafka-topic)")
+    kafka.add_argument("--bootstrap", metavar="HOST:PORT",
+                       help="brokers (default: the config's kafka.bootstrap_servers)")
+    kafka.add_argument("--from", dest="start", metavar="TIME",
+                       help="RFC 3339 or epoch time, included")
+    kafka.add_argument("--to", dest="end", metavar="TIME",
+                       help="RFC 3339 or epoch time, excluded (default: now)")
+    kafka.add_argument("--config", help="the daemon's YAML settings: Kafka security and the "
+                                        "decoder's field names (environment variables apply)")
+    influx = train.add_argument_group("InfluxDB history (--influx-query; the token comes from "
+                                      "INFLUXDB_V2_TOKEN: user:password or an API token)")
+    influx.add_argument("--influx-url", metavar="URL",
+                        help="default: INFLUXDB_V2_URL, else http://127.0.0.1:8086")
+    influx.add_argument("--influx-db", metavar="DB",
+                        help="database (on 2.x the DBRP-mapped database) for /query's db=")
     train.add_argument("--window", type=int, default=32)
     train.add_argument("--hidden-size", type=int, default=32)
     train.add_argument("--layers", type=int, default=1)
@@ -357,7 +448,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu")
     train.add_argument("--no-activate", action="store_true",
                        help="write the version without pointing 'current' at it")
-    train.set_defaults(handler=cmd_train)
+    train.set_defaults(handler=cmd_train, train_parser=train)
 
     replay = verbs.add_parser("replay", help="score files offline with the daemon's pipeline")
     replay.add_argument("input", nargs="+", help="CSV or Parquet files")
