@@ -144,7 +144,7 @@ _POSITIVE = {
     "windows.max_series",
     "windows.idle_evict_s",
 }
-_NON_NEGATIVE = {"kafka.rewind_records", "windows.max_gap_intervals", "metrics.port"}
+_NON_NEGATIVE = {"kafka.rewind_records", "metrics.port"}
 _NON_EMPTY = {
     "kafka.bootstrap_servers",
     "kafka.topic",
@@ -178,7 +178,9 @@ def load(path: str | Path | None, environ: Mapping[str, str]) -> Settings:
     for env_name, dotted in ENVIRONMENT_KEYS.items():
         if env_name in environ:
             section, _, name = dotted.rpartition(".")
-            target = raw.setdefault(section, {}) if section else raw
+            if section and raw.get(section) is None:  # absent, or `influx:` with nothing under it
+                raw[section] = {}
+            target = raw[section] if section else raw
             if not isinstance(target, dict):
                 raise ConfigError(section, "a mapping", target)
             target[name] = environ[env_name]
@@ -212,7 +214,9 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
         hint = hints[name]
         key = f"{prefix}{name}"
         if dataclasses.is_dataclass(hint):
-            values[name] = _build(typing.cast(type, hint), raw[name], prefix=f"{key}.")
+            # An empty section (`influx:` with nothing under it) loads as None: all defaults.
+            section = {} if raw[name] is None else raw[name]
+            values[name] = _build(typing.cast(type, hint), section, prefix=f"{key}.")
         else:
             values[name] = _coerce(key, hint, raw[name])
     return cls(**values)
@@ -282,6 +286,11 @@ def _check_ranges(settings: Settings) -> None:
                 raise ConfigError(key, "zero or a positive number", value)
             if key in _NON_EMPTY and not str(value).strip():
                 raise ConfigError(key, "a non-empty string", value)
+    if settings.windows.max_gap_intervals < 1:
+        # With 0 every gap, even one sampling interval, restarts the window: nothing is scored.
+        raise ConfigError("windows.max_gap_intervals",
+                          "an integer of at least 1 (0 would restart every window at each point)",
+                          settings.windows.max_gap_intervals)
     if settings.metrics.port > 65535:
         raise ConfigError("metrics.port", "a TCP port between 0 and 65535", settings.metrics.port)
     if settings.kafka.heartbeat_interval_ms >= settings.kafka.session_timeout_ms:

@@ -8,6 +8,8 @@ A message is one JSON object::
 Field names come from :class:`~streamlstm.config.DecoderSettings`. A message that cannot be
 decoded raises :class:`~streamlstm.errors.DecodeError` whose ``reason`` is one of
 :data:`REASONS`; callers count it, log it (see :class:`RateLimitedLog`) and dead-letter it.
+Timestamps follow :mod:`streamlstm.timestamps`, the rules the file readers use too
+(:func:`parse_timestamp` stays importable from here).
 """
 
 from __future__ import annotations
@@ -17,26 +19,24 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 from streamlstm.config import DecoderSettings
 from streamlstm.errors import DecodeError
 from streamlstm.records import Point
+from streamlstm.timestamps import BAD_TIMESTAMP, parse_timestamp
+from streamlstm.timestamps import MAX_TIMESTAMP as MAX_TIMESTAMP
+from streamlstm.timestamps import MIN_TIMESTAMP as MIN_TIMESTAMP
 
 INVALID_JSON = "invalid_json"
 NOT_AN_OBJECT = "not_an_object"
 MISSING_FIELD = "missing_field"
 BAD_VALUE = "bad_value"
-BAD_TIMESTAMP = "bad_timestamp"
 BAD_SERIES = "bad_series"
 #: Every reason a message can be rejected for; stable labels for metrics and dead-letter headers.
 REASONS = (INVALID_JSON, NOT_AN_OBJECT, MISSING_FIELD, BAD_VALUE, BAD_TIMESTAMP, BAD_SERIES)
 
 MAX_SERIES_LENGTH = 256
-# The store keeps int64 nanoseconds, which end on 2262-04-11; earlier than 1970 is refused too.
-MIN_TIMESTAMP = 0.0
-MAX_TIMESTAMP = (2**63 - 1) / 1e9
 
 _DETAIL_CHARS = 80
 
@@ -44,63 +44,6 @@ _DETAIL_CHARS = 80
 def _show(value: object) -> str:
     text = repr(value)
     return text if len(text) <= _DETAIL_CHARS else text[: _DETAIL_CHARS - 3] + "..."
-
-
-def parse_timestamp(raw: object) -> float:
-    """Epoch seconds (UTC) from RFC 3339 text or a number of s/ms/µs/ns since the epoch.
-
-    Numbers (or numeric strings) are told apart by magnitude: below 1e11 they are seconds,
-    below 1e14 milliseconds, below 1e17 microseconds, else nanoseconds. Text without an
-    offset is taken as UTC. Raises ``DecodeError("bad_timestamp", ...)``.
-    """
-    number: int | float
-    if isinstance(raw, bool):
-        raise DecodeError(BAD_TIMESTAMP, f"expected a time, got {_show(raw)}")
-    if isinstance(raw, int | float):
-        number = raw
-    elif isinstance(raw, str):
-        text = raw.strip()
-        try:
-            number = int(text) if text.isdigit() else float(text)
-        except ValueError:
-            return _parse_rfc3339(raw, text)
-    else:
-        raise DecodeError(BAD_TIMESTAMP, f"expected a time, got {_show(raw)}")
-    size = abs(number)
-    if not size < math.inf:  # also catches NaN
-        raise DecodeError(BAD_TIMESTAMP, f"not a finite number: {_show(raw)}")
-    # int / int is correctly rounded, so nanosecond integers lose nothing before the float.
-    if size < 1e11:
-        seconds = float(number)
-    elif size < 1e14:
-        seconds = number / 1_000
-    elif size < 1e17:
-        seconds = number / 1_000_000
-    else:
-        seconds = number / 1_000_000_000
-    return _in_range(seconds, raw)
-
-
-def _parse_rfc3339(raw: object, text: str) -> float:
-    if text[-1:] == "z":
-        text = text[:-1] + "Z"
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        raise DecodeError(BAD_TIMESTAMP, f"not RFC 3339 or epoch time: {_show(raw)}") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    try:
-        seconds = parsed.timestamp()
-    except (OverflowError, ValueError, OSError):
-        raise DecodeError(BAD_TIMESTAMP, f"out of range: {_show(raw)}") from None
-    return _in_range(seconds, raw)
-
-
-def _in_range(seconds: float, raw: object) -> float:
-    if not MIN_TIMESTAMP <= seconds <= MAX_TIMESTAMP:
-        raise DecodeError(BAD_TIMESTAMP, f"outside 1970..2262: {_show(raw)}")
-    return seconds
 
 
 def _number(raw: object, name: str) -> float:

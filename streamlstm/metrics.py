@@ -21,7 +21,15 @@ from prometheus_client import (
     generate_latest,
 )
 
+from streamlstm.decoding import REASONS as DECODE_REASONS
+
 log = logging.getLogger(__name__)
+
+#: The reason the service gives an event whose timestamp is not after its series' latest.
+OUT_OF_ORDER = "out_of_order"
+#: Every ``reason`` label of ``streamlstm_events_rejected_total``: the decoder's reasons and
+#: the service's own. Each is created at start, so dashboards show 0 rather than no data.
+REJECTION_REASONS = (*DECODE_REASONS, OUT_OF_ORDER)
 
 # Scoring a batch takes from ~0.1 ms (a few windows) to seconds (a cold start on a big poll).
 _SCORING_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -150,6 +158,8 @@ class Metrics:
                 ["series"],
                 registry=registry,
             )
+        for reason in REJECTION_REASONS:
+            self.events_rejected.labels(reason=reason)
         for reason in ("loaded", "refused"):
             self.model_reloads.labels(result=reason)
         for reason in ("idle", "capacity"):

@@ -6,7 +6,8 @@ Accepted layouts:
 - Several value columns: one feature each (``timestamp,cpu,mem``), in column order, or the
   columns named by ``features``.
 
-Timestamps are ISO 8601 / RFC 3339 strings (naive means UTC) or epoch seconds/milliseconds.
+Timestamps are ISO 8601 / RFC 3339 strings (naive means UTC) or epoch seconds, milliseconds,
+microseconds or nanoseconds, by the same rules as Kafka messages (:mod:`streamlstm.timestamps`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from streamlstm import timestamps
 from streamlstm.errors import StreamlstmError
 from streamlstm.records import Point
 from streamlstm.training import SeriesHistory
@@ -105,42 +107,17 @@ def read_tables(paths: Sequence[str | Path], features: Sequence[str] | None = No
     )
 
 
-def parse_timestamps(raw: Sequence[object], where: str = "input") -> np.ndarray:
-    """ISO strings or epoch numbers -> float64 epoch seconds (UTC)."""
-    if len(raw) == 0:
-        return np.empty(0)
-    first = raw[0]
-    if isinstance(first, int | float | np.number) or _is_number(str(first)):
-        try:
-            numbers = np.asarray(raw, dtype=np.float64)
-        except (TypeError, ValueError) as exc:
-            row = _first_non_number(raw)
-            raise InputFileError(f"{where}: row {row + 2}: bad timestamp {raw[row]!r} "
-                                 f"(the column holds epoch numbers)") from exc
-        if not np.isfinite(numbers).all():
-            row = int(np.argwhere(~np.isfinite(numbers))[0][0])
-            raise InputFileError(f"{where}: row {row + 2}: bad timestamp {raw[row]!r}")
-        return numbers / 1000.0 if np.nanmax(np.abs(numbers)) > 1e11 else numbers
-    text = [str(x).strip().replace("Z", "+00:00") for x in raw]
-    try:
-        # numpy parses naive ISO 8601 quickly; offsets are handled row by row below.
-        if not any("+" in t[10:] or "-" in t[10:] for t in text):
-            stamps = np.asarray(text, dtype="datetime64[us]")
-            return stamps.astype("int64") / 1e6
-    except ValueError:
-        pass
-    from datetime import UTC, datetime
+def parse_timestamps(raw: Sequence[object] | np.ndarray, where: str = "input") -> np.ndarray:
+    """Timestamps -> float64 epoch seconds (UTC), by :func:`streamlstm.timestamps.parse_timestamps`.
 
-    out = np.empty(len(text))
-    for i, t in enumerate(text):
-        try:
-            moment = datetime.fromisoformat(t)
-        except ValueError as exc:
-            raise InputFileError(f"{where}: row {i + 2}: bad timestamp {t!r}") from exc
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=UTC)
-        out[i] = moment.timestamp()
-    return out
+    The rules are the Kafka decoder's: RFC 3339 / ISO text (naive means UTC) or epoch
+    s/ms/µs/ns told apart by magnitude, between 1970 and 2262.
+    """
+    try:
+        return timestamps.parse_timestamps(raw)
+    except timestamps.TimestampRowError as exc:
+        raise InputFileError(f"{where}: row {exc.index + 2}: bad timestamp: {exc.detail}"
+                             ) from exc
 
 
 def _first_non_number(raw: Sequence[object]) -> int:
@@ -151,14 +128,6 @@ def _first_non_number(raw: Sequence[object]) -> int:
         except (TypeError, ValueError):
             return i
     return -1
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _read_columns(path: Path) -> dict[str, list[object]]:

@@ -220,3 +220,34 @@ def test_to_dict_leaves_empty_secrets_empty() -> None:
     data = to_dict(load(None, {}))
     assert data["influx"]["token"] == ""
     assert data["kafka"]["sasl_plain_password"] is None
+
+
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_max_gap_intervals_must_be_at_least_one(tmp_path: Path, value: str) -> None:
+    # With 0 every gap restarts the series' window, so nothing would ever be scored.
+    error = config_error(write(tmp_path, f"windows:\n  max_gap_intervals: {value}\n"))
+    assert error.key == "windows.max_gap_intervals"
+    assert str(error).startswith("windows.max_gap_intervals: expected an integer of at least 1")
+    assert str(error).endswith(f", got {int(value)}")
+    assert load(write(tmp_path, "windows:\n  max_gap_intervals: 1\n"),
+                {}).windows.max_gap_intervals == 1
+
+
+def test_an_empty_section_means_its_defaults(tmp_path: Path) -> None:
+    path = write(tmp_path, "kafka:\n  topic: events\ninflux:\nwindows:\n")
+    settings = load(path, {})
+    assert settings.influx == Settings().influx
+    assert settings.windows == Settings().windows
+    assert settings.kafka.topic == "events"
+    # An environment override into an empty section fills it instead of being refused.
+    settings = load(path, {"INFLUXDB_V2_TOKEN": "secret", "STREAMLSTM_METRICS_PORT": "9200"})
+    assert settings.influx.token == "secret"
+    assert settings.influx.bucket == Settings().influx.bucket
+    assert settings.metrics.port == 9200
+
+
+def test_a_section_that_is_not_a_mapping_is_still_refused(tmp_path: Path) -> None:
+    for text in ("influx: []\n", "influx: 0\n", "influx: ''\n"):
+        error = config_error(write(tmp_path, text))
+        assert error.key == "influx"
+        assert "a mapping" in str(error)
