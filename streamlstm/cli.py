@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from streamlstm import config as config_module
+from streamlstm.calibration import CalibrationSettings
 from streamlstm.errors import ConfigError, StreamlstmError
 
 log = logging.getLogger("streamlstm")
@@ -115,7 +116,6 @@ def build_service(settings: config_module.Settings, registry: Any = None) -> tup
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from streamlstm.calibration import CalibrationSettings
     from streamlstm.model.artifact import save_artifact
     from streamlstm.training import TrainingSettings, fit
 
@@ -127,7 +127,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
         validation_fraction=args.validation_fraction, patience=args.patience,
         stride=args.stride, max_windows=args.max_windows, seed=args.seed, device=args.device,
-        calibration=CalibrationSettings(threshold=args.threshold, warmup=args.warmup),
+        calibration=CalibrationSettings(threshold=args.threshold, warmup=args.warmup,
+                                        alarm_hold=args.alarm_hold),
     )
     history = table.history()
     log.info("training on %d series, %d rows from %s, features %s", len(history),
@@ -220,7 +221,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         writer = csv.writer(handle)
         multi = artifact.architecture.n_features > 1
         writer.writerow(["series", "timestamp", *(artifact.feature_names if multi else ["value"]),
-                         "anomaly_score", "is_anomaly", "error", "threshold"])
+                         "anomaly_score", "is_anomaly", "error", "novelty", "threshold"])
         for path in args.input:
             table = read_table(path, artifact.feature_names if multi else None)
             pipeline = Pipeline(artifact, PipelineSettings(stride=args.stride))
@@ -232,6 +233,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
                     _num(score.score) if score else 0.0,
                     int(score.is_anomaly) if score else 0,
                     _num(score.error) if score else "",
+                    _num(score.novelty) if score and score.novelty is not None else "",
                     _num(score.threshold) if score else "",
                 ])
             total += len(points)
@@ -442,8 +444,13 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--patience", type=int, default=4)
     train.add_argument("--stride", type=int, default=1)
     train.add_argument("--max-windows", type=int, default=100_000)
-    train.add_argument("--threshold", type=float, default=0.999)
-    train.add_argument("--warmup", type=int, default=64, help="windows before a series may alarm")
+    defaults = CalibrationSettings()
+    train.add_argument("--threshold", type=float, default=defaults.threshold,
+                       help="anomaly score at which a window alarms")
+    train.add_argument("--warmup", type=int, default=defaults.warmup,
+                       help="windows a series is scored before it may alarm")
+    train.add_argument("--alarm-hold", type=int, default=defaults.alarm_hold,
+                       help="windows a series stays quiet after an alarm")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu")
     train.add_argument("--no-activate", action="store_true",

@@ -1,20 +1,33 @@
 """The pure step shared by `run` and `replay`: points in, scores out. No I/O.
 
     points --WindowStore--> raw windows --SeriesScale--> normalised windows
-           --Scorer (one batch)--> errors --ThresholdDetector per series--> Score
+           --Scorer (one batch)--> reconstruction errors --+
+    raw windows --WindowMemory (per series)--> novelty ----+--TailCalibrator each--> surprise
+    surprise / SURPRISE_SCALE = anomaly score --ThresholdDetector (alarm hold)--> Score
 
-Everything per series (window, scale, calibration) is updated in event order, and the model
-sees each window independently, so the scores do not depend on how the stream was cut into
-polls: replaying a file gives what the daemon gave live.
+The model's error says "this shape is unlike ordinary metric windows"; the memory's novelty
+says "this window is unlike anything this series did recently". Each is calibrated against the
+series' own history and the two tail probabilities are combined. Everything per series is
+updated in event order and the model sees each window independently, so the scores do not
+depend on how the stream was cut into polls: replaying a file gives what the daemon gave live.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from streamlstm.calibration import CalibrationSettings, ThresholdDetector
+import numpy as np
+
+from streamlstm.calibration import (
+    SURPRISE_SCALE,
+    CalibrationSettings,
+    TailCalibrator,
+    ThresholdDetector,
+)
+from streamlstm.memory import WindowMemory
 from streamlstm.model.artifact import Artifact
 from streamlstm.records import Point, Score
 from streamlstm.scoring import Scorer, SeriesScale
@@ -32,6 +45,54 @@ class PipelineSettings:
     max_series: int = 10_000
     idle_evict_s: float = 86_400.0
     max_gap_intervals: int = 5
+    memory_windows: int = 2048  # past windows each series remembers for novelty
+
+
+def combined_surprise(first: float, second: float) -> float:
+    """Fisher's rule for two independent tail probabilities, in ``-log10`` units.
+
+    Adding surprises multiplies probabilities, and a product of two uniform probabilities is
+    at most ``x`` with probability ``x (1 - ln x)``, so the plain sum would overstate rarity.
+    """
+    total = first + second
+    return total - math.log10(1.0 + total * math.log(10.0))
+
+
+class SeriesState:
+    """Everything one series carries between windows besides its window buffer and spread."""
+
+    def __init__(self, series: str, window: int, n_features: int, memory_windows: int,
+                 calibration: CalibrationSettings) -> None:
+        self.series = series
+        self.memory = WindowMemory(window, n_features, memory_windows)
+        self.error = self._calibrator(calibration)
+        self.novelty = self._calibrator(calibration)
+        self.detector = ThresholdDetector(calibration.threshold, calibration.alarm_hold)
+
+    def score(self, window: np.ndarray, scale: np.ndarray, error: float,
+              ) -> tuple[float | None, float]:
+        """Fold one raw window ``[W, F]`` and its model error in; returns
+        ``(novelty or None while the memory fills, anomaly score)``."""
+        self.memory.append(window[-1])
+        novelty = self.memory.nearest_distance(window, scale)
+        log_error = math.log(max(error, 1e-12))
+        surprise = self.error.score_one(log_error)
+        self.error.learn_one(log_error)
+        if not math.isfinite(novelty):
+            return None, min(surprise / SURPRISE_SCALE, 1.0)
+        surprise = combined_surprise(surprise, self.novelty.score_one(novelty))
+        self.novelty.learn_one(novelty)
+        return novelty, min(surprise / SURPRISE_SCALE, 1.0)
+
+    def adopt(self, calibration: CalibrationSettings) -> None:
+        """Serve a new model: its errors need a fresh calibrator; the rest carries over."""
+        self.error = self._calibrator(calibration)
+        self.detector.threshold = calibration.threshold
+        self.detector.hold = calibration.alarm_hold
+
+    @staticmethod
+    def _calibrator(calibration: CalibrationSettings) -> TailCalibrator:
+        return TailCalibrator(calibration.history, calibration.tail_fraction, calibration.warmup)
 
 
 @dataclass
@@ -70,7 +131,8 @@ class Pipeline:
         """Append ``points`` (in stream order) and score every window that became ready.
 
         ``now`` is the clock used for idle eviction. Points flagged in ``warmup`` update the
-        state (windows, scale, calibration) but produce no Score: they were scored before.
+        state (windows, spread, memory, calibration) but produce no Score: they were scored
+        before.
         """
         ready = self.store.append(points, now)
         result = StepResult(late=ready.late, evicted_idle=ready.evicted_idle,
@@ -79,16 +141,15 @@ class Pipeline:
             return result
         started = self._clock()
         series = [points[i].series for i in ready.index.tolist()]
-        normalised = self.scale.normalise(series, ready.slots, ready.windows)
+        normalised, scales = self.scale.normalise_with_scales(series, ready.slots, ready.windows)
         errors = self.scorer.errors(normalised)
         version = self.model_version
         for k, (i, slot) in enumerate(zip(ready.index.tolist(), ready.slots.tolist(),
                                           strict=True)):
-            detector = self._detector(slot, series[k])
+            state = self._state(slot, series[k])
             error = float(errors[k])
-            score = detector.score_one(error)
-            flagged = detector.is_anomaly(score)
-            detector.learn_one(error)
+            novelty, score = state.score(ready.windows[k], scales[k], error)
+            flagged = state.detector.check(score)
             if warmup is not None and warmup[i]:
                 continue
             point = points[i]
@@ -98,8 +159,9 @@ class Pipeline:
                 timestamp=point.timestamp,
                 values=point.values,
                 error=error,
+                novelty=novelty,
                 score=score,
-                threshold=detector.threshold,
+                threshold=state.detector.threshold,
                 is_anomaly=flagged,
                 model_version=version,
             ))
@@ -110,8 +172,9 @@ class Pipeline:
     def swap_model(self, artifact: Artifact, device: str = "cpu") -> None:
         """Serve ``artifact`` from the next `process` call on.
 
-        Windows survive when the shape is unchanged; scale and calibration restart from the new
-        artifact's training state because a new model's errors live on a different scale.
+        Windows, spread, window memories and novelty calibration belong to the input and
+        survive; each series' error calibration restarts, because a new model's errors live on
+        a different scale (until it has warmed up, novelty alone scores).
         """
         new_scorer = Scorer(artifact, device=device)
         same_shape = (new_scorer.window == self.scorer.window
@@ -120,10 +183,13 @@ class Pipeline:
             raise ValueError("swap_model needs the same window and features; "
                              "restart the pipeline for a different shape")
         self.scorer = new_scorer
-        self._reset_series_state(artifact)
+        self.calibration = CalibrationSettings.from_dict(artifact.calibration)
+        for state in self._states:
+            if state is not None:
+                state.adopt(self.calibration)
 
     def reset_state(self) -> None:
-        """Forget every series (windows, scale, calibration), e.g. after a rebalance."""
+        """Forget every series (windows, spread, memory, calibration), e.g. after a rebalance."""
         arch = self.artifact.architecture
         self.store = WindowStore(
             window=arch.window,
@@ -133,23 +199,21 @@ class Pipeline:
             idle_evict_s=self.settings.idle_evict_s,
             max_gap_intervals=self.settings.max_gap_intervals,
         )
-        self._reset_series_state(self.artifact)
-
-    def _reset_series_state(self, artifact: Artifact) -> None:
-        arch = artifact.architecture
-        known = artifact.normalisation.get("series_scale", {})
+        known = self.artifact.normalisation.get("series_scale", {})
         self.scale = SeriesScale(self.settings.max_series, arch.n_features,
                                  SCALE_FADING_FACTOR, known=known)
-        self.calibration = CalibrationSettings.from_dict(artifact.calibration)
-        self._detectors: list[tuple[str, ThresholdDetector] | None] = (
-            [None] * self.settings.max_series)
+        self.calibration = CalibrationSettings.from_dict(self.artifact.calibration)
+        # Filled lazily: a series costs its memory only once it is seen.
+        self._states: list[SeriesState | None] = [None] * self.settings.max_series
 
-    def _detector(self, slot: int, series: str) -> ThresholdDetector:
-        held = self._detectors[slot]
-        if held is None or held[0] != series:  # a new series, or a slot reused after eviction
-            held = (series, ThresholdDetector.from_settings(self.calibration))
-            self._detectors[slot] = held
-        return held[1]
+    def _state(self, slot: int, series: str) -> SeriesState:
+        state = self._states[slot]
+        if state is None or state.series != series:  # a new series, or a slot reused
+            arch = self.artifact.architecture
+            state = SeriesState(series, arch.window, arch.n_features,
+                                self.settings.memory_windows, self.calibration)
+            self._states[slot] = state
+        return state
 
 
 def score_points(pipeline: Pipeline, points: Sequence[Point],

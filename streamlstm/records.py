@@ -50,11 +50,12 @@ class Score:
     series: str
     timestamp: float
     values: tuple[float, ...]
-    error: float
-    score: float
+    error: float  # the model's reconstruction error of the window
+    score: float  # calibrated anomaly score in [0, 1]
     threshold: float
     is_anomaly: bool
     model_version: str
+    novelty: float | None = None  # distance to the series' nearest past window, in its spread
 
 
 @dataclass(frozen=True, slots=True)

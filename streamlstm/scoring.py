@@ -29,9 +29,11 @@ def centre(windows: np.ndarray) -> np.ndarray:
 class SeriesScale:
     """Per-series running spread used to normalise windows, indexed by window-store slot.
 
-    The spread is an exponentially weighted mean of the within-window variance. It depends only
-    on the inputs, never on model outputs, so a window's normalisation is the same however the
-    stream was cut into batches. Series known from training start from their trained scale.
+    The spread is an exponentially weighted mean of the within-window variance. Until a series
+    has seen ``1 / fading_factor`` windows each window weighs ``1 / n`` (a plain mean), so the
+    first windows do not pin the scale for thousands of steps. It depends only on the inputs,
+    never on model outputs, so a window's normalisation is the same however the stream was cut
+    into batches. Series known from training start from their trained scale.
     """
 
     def __init__(self, max_series: int, n_features: int, fading_factor: float,
@@ -40,6 +42,7 @@ class SeriesScale:
         self.floor = floor
         self._known = known or {}
         self._var = np.zeros((max_series, n_features))
+        self._seen = np.zeros(max_series, dtype=np.int64)
         self._owner: list[str | None] = [None] * max_series
 
     def scale_of(self, slot: int) -> np.ndarray:
@@ -48,6 +51,11 @@ class SeriesScale:
 
     def normalise(self, series: list[str], slots: np.ndarray, windows: np.ndarray) -> np.ndarray:
         """Centre and scale ``windows`` in order, updating each series' spread as it goes."""
+        return self.normalise_with_scales(series, slots, windows)[0]
+
+    def normalise_with_scales(self, series: list[str], slots: np.ndarray, windows: np.ndarray,
+                              ) -> tuple[np.ndarray, np.ndarray]:
+        """`normalise`, also returning the spread ``[B, F]`` each window was divided by."""
         centred = centre(windows)
         window_var = centred.var(axis=1)  # [B, F]
         scales = np.empty_like(window_var)
@@ -57,14 +65,20 @@ class SeriesScale:
             if self._owner[slot] != name:
                 self._owner[slot] = name
                 trained = self._known.get(name)
-                self._var[slot] = (np.square(trained) if trained is not None
-                                   else window_var[i])
+                if trained is not None:
+                    self._var[slot] = np.square(trained)
+                    self._seen[slot] = int(1 / alpha)
+                else:
+                    self._var[slot] = window_var[i]
+                    self._seen[slot] = 0
             var = self._var[slot]
             scales[i] = np.sqrt(var)
             clipped = np.minimum(window_var[i], _SCALE_UPDATE_CLIP * np.maximum(var, self.floor))
-            self._var[slot] = (1 - alpha) * var + alpha * clipped
+            self._seen[slot] += 1
+            weight = max(alpha, 1.0 / self._seen[slot])
+            self._var[slot] = (1 - weight) * var + weight * clipped
         np.maximum(scales, self.floor, out=scales)
-        return (centred / scales[:, None, :]).astype(np.float32, copy=False)
+        return (centred / scales[:, None, :]).astype(np.float32, copy=False), scales
 
 
 class Scorer:

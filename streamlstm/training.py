@@ -3,7 +3,8 @@
 History goes through the same `WindowStore` and `SeriesScale` as the live stream, so training
 windows are cut, gap-filled and normalised exactly as the daemon will see them. Each series is
 split by time (the last ``validation_fraction`` validates, no look-ahead); training stops when
-the validation loss stops improving, and the calibration prior is fitted on validation errors.
+the validation loss stops improving. Calibration settings travel with the artifact; the
+calibration itself is learnt per series online (`streamlstm.calibration`).
 """
 
 from __future__ import annotations
@@ -135,12 +136,7 @@ def fit(history: Mapping[str, SeriesHistory], feature_names: list[str],
     model.load_state_dict(best_state)
 
     val_errors = _errors(model, val_t).double().cpu().numpy()
-    log_errors = np.log(np.maximum(val_errors, 1e-12))
-    calibration = CalibrationSettings(**{
-        **asdict(settings.calibration),
-        "prior_mean": float(log_errors.mean()),
-        "prior_std": float(max(log_errors.std(), settings.calibration.min_std)),
-    })
+    calibration = settings.calibration
     quantiles = {str(q): float(np.quantile(val_errors, q)) for q in (0.5, 0.9, 0.99, 0.999)}
     return Artifact(
         architecture=architecture,

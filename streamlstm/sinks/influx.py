@@ -2,7 +2,7 @@
 
 One point per score: measurement ``settings.measurement``, tags ``series`` and ``model``,
 float fields ``value`` (``value_1``, ``value_2``... for further features), ``score``,
-``error``, ``threshold``, boolean ``is_anomaly``, and the event time in nanoseconds, rounded
+``error``, ``novelty`` (once the series' memory holds a past window), ``threshold``, boolean ``is_anomaly``, and the event time in nanoseconds, rounded
 to the microsecond so a replayed event lands on exactly the same point and overwrites it.
 
 Lines are built as strings here: on 10k scores that takes ~4 µs per score against ~20 µs with
@@ -95,15 +95,18 @@ def to_lines(scores: Sequence[Score], measurement: str) -> list[str]:
         values = s.values
         ns = round(float(s.timestamp) * 1_000_000) * 1000
         anomaly = "true" if s.is_anomaly else "false"
+        novelty = "" if s.novelty is None else _field("novelty", float(s.novelty))
+        if novelty:
+            novelty = "," + novelty
         if len(values) == 1:
             value = float(values[0])
             # One comparison tells whether all four are finite: inf and NaN survive the sum.
             if -inf < error + score + threshold + value < inf:
-                append(f"{tagset} error={error!r},is_anomaly={anomaly},score={score!r},"
-                       f"threshold={threshold!r},value={value!r} {ns}")
+                append(f"{tagset} error={error!r},is_anomaly={anomaly}{novelty},"
+                       f"score={score!r},threshold={threshold!r},value={value!r} {ns}")
                 continue
-        fields = [_field("error", error), f"is_anomaly={anomaly}", _field("score", score),
-                  _field("threshold", threshold)]
+        fields = [_field("error", error), f"is_anomaly={anomaly}", novelty.lstrip(","),
+                  _field("score", score), _field("threshold", threshold)]
         for i, raw in enumerate(values):
             fields.append(_field(f"value_{i}" if i else "value", float(raw)))
         append(f"{tagset} {','.join([f for f in fields if f])} {ns}")

@@ -58,10 +58,9 @@ def test_the_artifact_describes_its_training(tiny_artifact: Artifact) -> None:
     data = tiny_artifact.training["data"]
     assert data["series"] == 1 and data["rows"] == 2000
     assert data["training_windows"] > 0 and data["validation_windows"] > 0
-    # The calibration prior is fitted on the validation errors.
     quantiles = tiny_artifact.training["validation_error_quantiles"]
-    assert math.exp(tiny_artifact.calibration["prior_mean"]) < quantiles["0.99"]
-    assert tiny_artifact.calibration["prior_std"] > 0
+    assert 0 < quantiles["0.5"] <= quantiles["0.99"]
+    assert set(tiny_artifact.calibration) >= {"threshold", "alarm_hold", "history", "warmup"}
     assert tiny_artifact.normalisation["series_scale"]["sine"][0] > 0
 
 
@@ -114,7 +113,7 @@ def test_training_on_a_real_nab_file(tmp_path: Path) -> None:
     assert artifact.training["epochs"] >= 1
     assert artifact.training["data"]["rows"] == len(table.timestamps)
     assert math.isfinite(artifact.training["validation_loss"])
-    assert math.isfinite(artifact.calibration["prior_mean"])
+    assert artifact.calibration["threshold"] > 0
     # The model it gives is usable end to end: saved, loaded and scoring the same file.
     loaded = load_artifact(save_artifact(artifact, tmp_path))
     scores = score_points(Pipeline(loaded), table.points())

@@ -1,0 +1,66 @@
+"""Each series' memory of its own past windows: how far is this window from anything seen?
+
+The shared model knows what metric windows look like in general and flags shapes it cannot
+reconstruct. It cannot know that *this* series never sat at this level or never went flat at
+midday. `WindowMemory` keeps the series' recent raw values and measures the distance from the
+current window to its nearest past window (not centred, so a new level is new), in units of
+the series' spread. Windows that overlap the current one are excluded, otherwise every window
+would find itself. A lasting change becomes normal once the memory holds enough of it.
+
+Memory is bounded: ``capacity`` past windows per series cost ``capacity + window`` values.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class WindowMemory:
+    """Recent raw values of one series and the nearest-past-window distance."""
+
+    def __init__(self, window: int, n_features: int, capacity: int = 2048) -> None:
+        self.window = window
+        self.capacity = capacity
+        size = capacity + 2 * window - 1
+        # Chronological, newest last, as offsets from the series' first value so large levels
+        # (bytes, epoch-like counters) keep their precision in the squared norms.
+        self._values = np.zeros((size, n_features))
+        # _norms[i]: squared norm per feature of the window ending at _values[i].
+        self._norms = np.zeros((size, n_features))
+        self._offset: np.ndarray | None = None
+        self.n_held = 0
+
+    def append(self, values: np.ndarray) -> None:
+        """Remember one more point ``[F]``."""
+        if self._offset is None:
+            self._offset = np.array(values, dtype=np.float64)
+        value = values - self._offset
+        leaving = self._values[-self.window]  # drops out of the newest window
+        norm = self._norms[-1] + value**2 - leaving**2
+        self._values[:-1] = self._values[1:]
+        self._values[-1] = value
+        self._norms[:-1] = self._norms[1:]
+        self._norms[-1] = norm
+        self.n_held = min(self.n_held + 1, len(self._values))
+
+    def nearest_distance(self, window: np.ndarray, scale: np.ndarray) -> float:
+        """Distance from ``window`` ``[W, F]`` to the nearest remembered window that does not
+        overlap the last ``W`` points, per feature in units of ``scale`` ``[F]``; NaN if none.
+
+        Call it after appending the window's newest point.
+        """
+        w = self.window
+        past = self.n_held - (2 * w - 1)  # windows that end before the current one starts
+        if past <= 0 or self._offset is None:
+            return float("nan")
+        size = len(self._values)
+        first = size - self.n_held
+        total = np.zeros(past)
+        for f in range(window.shape[1]):
+            current = window[:, f] - self._offset[f]
+            history = self._values[first : size - w, f]
+            # |a - b|^2 = |a|^2 - 2 a.b + |b|^2; np.correlate slides b along without copies.
+            dots = np.correlate(history, current, mode="valid")
+            norms = self._norms[first + w - 1 : size - w, f]
+            total += (norms - 2.0 * dots + current @ current) / scale[f] ** 2
+        return float(np.sqrt(max(float(total.min()), 0.0)))
