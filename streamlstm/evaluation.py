@@ -5,8 +5,13 @@ their published description, with window precision/recall/F1 and plots alongside
 
 The rules, for one file of ``n`` rows with labelled windows (each a run of consecutive rows):
 
-* A *detection* is a row whose ``anomaly_score >= threshold`` (``detections_at``). A row whose
-  score is NaN (not scored yet, e.g. while a window fills) is never a detection.
+* A *detection* is a row whose ``anomaly_score >= threshold`` and with no detection in the
+  previous ``hold`` rows (the daemon's alarm hold: `streamlstm.calibration.alarm_rows`, which is
+  what ``evaluate`` scores; with ``hold = 0`` it is every row at or above the threshold,
+  ``detections_at``). A held row is no detection and does not extend the hold. The hold runs
+  through probation too: an alarm there is not scored, but it still silences the rows after it,
+  as it would in the daemon. A row whose score is NaN (not scored yet, e.g. while a window
+  fills) is never a detection.
 * The first ``min(floor(0.15 * n), 750)`` rows are the *probation* period: detections there are
   ignored, and a window with no row after probation is neither credited nor penalised.
 * A window's credit comes from its earliest detection only, at row ``i`` of a window spanning
@@ -25,8 +30,15 @@ The rules, for one file of ``n`` rows with labelled windows (each a run of conse
   ``100 * (raw - null) / (perfect - null)``, where *null* is a detector that never fires
   (``-A_FN`` per window) and *perfect* earns ``A_TP`` per window (a detection at each
   window's left edge, nothing else).
-* The threshold is optimised once over the whole corpus, per profile, by an exact sweep over
-  every distinct score (every threshold that changes the set of detections).
+* The threshold is optimised once over the whole corpus, per profile. Without a hold this is an
+  exact sweep over every distinct score (every threshold that changes the set of detections).
+  With a hold, lowering the threshold can remove detections as well as add them, so there is no
+  running sum to sweep: each candidate threshold is scored on its own (all of them together,
+  see ``_HoldSweep``). The candidates are every distinct score when there are at most
+  ``HOLD_EXACT_MAX`` of them (exact again); otherwise quantiles of the positive scores,
+  concentrated in the upper tail, and then every distinct score among the ``HOLD_REFINE``
+  nearest the best candidate, recentred until the best stops moving, so the optimum reported
+  is exact among its neighbours.
 
 Where this differs from NAB's code, by choice: *perfect* counts the windows that have rows after
 probation (NAB counts every labelled window; on nab-dev no window lies within probation, so the
@@ -50,6 +62,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from streamlstm.calibration import alarm_rows
+
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
 IntArray = npt.NDArray[np.int64]
@@ -59,6 +73,15 @@ PROBATION_FRACTION = 0.15
 PROBATION_MAX_ROWS = 750
 # A threshold above every valid score: the detector never fires. NAB's sweep starts here too.
 NEVER_FIRE = 1.1
+# With an alarm hold: the optimiser tries every distinct score when there are at most this many,
+HOLD_EXACT_MAX = 2000
+# otherwise the scores at these quantiles of the positive scores (a coarse sweep of the bulk, then
+# 400 levels towards the top, where thresholds worth having lie: the top 30% to the top 0.001%),
+HOLD_GRID_LEVELS: FloatArray = np.unique(
+    np.concatenate((np.linspace(0.0, 0.65, 14), 1.0 - 10.0 ** -np.linspace(0.5, 5.0, 400)))
+)
+# and then every distinct score among this many nearest the best of those.
+HOLD_REFINE = 200
 
 
 @dataclass(frozen=True)
@@ -147,7 +170,11 @@ class ScoredSeries:
 
 
 def detections_at(scores: npt.ArrayLike, threshold: float) -> BoolArray:
-    """NAB's detections: rows whose ``anomaly_score >= threshold`` (NaN is never a detection)."""
+    """NAB's detections: rows whose ``anomaly_score >= threshold`` (NaN is never a detection).
+
+    This is the alarm rule without a hold; ``alarm_rows(scores, threshold, hold)`` (from
+    `streamlstm.calibration`) is the daemon's rule with one, and equals this for ``hold = 0``.
+    """
     with np.errstate(invalid="ignore"):
         return np.asarray(np.asarray(scores, dtype=np.float64) >= threshold, dtype=np.bool_)
 
@@ -341,13 +368,32 @@ def optimise_threshold(
     series_list: Sequence[ScoredSeries],
     profile: Profile,
     thresholds: Iterable[float] | None = None,
+    hold: int = 0,
 ) -> tuple[float, float]:
     """The threshold maximising the corpus raw score under ``profile``, and that raw score.
 
-    With ``thresholds=None`` every distinct score is tried, plus ``NEVER_FIRE``: this is exact.
-    Otherwise only the given candidates are. Ties go to the highest threshold (fewest alarms).
+    Detections follow the alarm rule with ``hold`` (see the module docstring). With
+    ``thresholds=None`` and no hold every distinct score is tried, plus ``NEVER_FIRE``: this is
+    exact. With a hold it is exact up to ``HOLD_EXACT_MAX`` distinct scores and exact among the
+    optimum's ``HOLD_REFINE`` nearest distinct scores beyond that. Given ``thresholds``, only
+    those candidates are tried. Ties go to the highest threshold (fewest alarms).
     """
-    return _optimise(series_list, [_layout(s) for s in series_list], profile, thresholds)
+    return _optimise(
+        series_list, [_layout(s) for s in series_list], profile, thresholds, _check_hold(hold)
+    )
+
+
+def _check_hold(hold: int) -> int:
+    if isinstance(hold, bool) or not isinstance(hold, int | np.integer) or hold < 0:
+        raise ValueError(f"hold must be a whole number of rows >= 0, got {hold!r}")
+    return int(hold)
+
+
+def _candidate_pool(thresholds: Iterable[float]) -> FloatArray:
+    pool = np.asarray(list(thresholds), dtype=np.float64)
+    if pool.ndim != 1 or pool.size == 0 or np.isnan(pool).any():
+        raise ValueError("thresholds must be a non-empty sequence of numbers")
+    return pool
 
 
 def _optimise(
@@ -355,18 +401,184 @@ def _optimise(
     layouts: Sequence[_Layout],
     profile: Profile,
     thresholds: Iterable[float] | None,
+    hold: int = 0,
+    held: _HoldSweep | None = None,
 ) -> tuple[float, float]:
+    if hold:
+        if held is None:
+            held = _HoldSweep(series_list, layouts, hold)
+        if thresholds is None:
+            return held.search(profile)
+        return held.best(profile, _candidate_pool(thresholds))
     if thresholds is None:
         distinct = [np.unique(s.scores[~np.isnan(s.scores)]) for s in series_list]
         pool = np.concatenate([np.array([NEVER_FIRE]), *distinct])
     else:
-        pool = np.asarray(list(thresholds), dtype=np.float64)
-        if pool.size == 0 or np.isnan(pool).any():
-            raise ValueError("thresholds must be a non-empty sequence of numbers")
+        pool = _candidate_pool(thresholds)
     candidates = np.unique(pool)[::-1]
     raws = _sweep(series_list, layouts, profile, candidates)
     best = int(np.argmax(raws))
     return float(candidates[best]), float(raws[best])
+
+
+class _HoldSweep:
+    """The corpus outcome of the alarm rule with a hold, at many thresholds at once.
+
+    At one threshold a file's detections form a chain: its first row at or above the threshold,
+    then the first such row more than ``hold`` rows after that, and so on. Every (threshold,
+    file) pair walks its chain in step with all the others, so one step is a few numpy
+    operations over all the walkers, and a walk takes one step per alarm (at most one every
+    ``hold + 1`` rows), however many rows lie above the threshold. "The first row at or after
+    ``p`` scoring at least ``t``" takes ``log2(rows)`` lookups in a table of running maxima
+    (``table[k][i]``: the highest score of rows ``i .. i + 2**k - 1``), which skip the longest
+    run of rows below ``t`` from ``p`` by halving jumps.
+
+    What a walk finds is kept as sums that do not depend on the profile (credit and FP factors,
+    windows hit), so the three profiles share every walk; the results are cached by threshold.
+    """
+
+    # Recentring the refinement stops after this many moves (it converges long before).
+    MAX_REFINE_ROUNDS = 20
+
+    def __init__(
+        self, series_list: Sequence[ScoredSeries], layouts: Sequence[_Layout], hold: int
+    ) -> None:
+        self.hold = hold
+        sizes = [layout.n_rows for layout in layouts]
+        self._starts = np.concatenate(([0], np.cumsum(sizes, dtype=np.int64)))
+        total = int(self._starts[-1])
+        # The files end to end, then one row at or above every threshold, so no search runs off
+        # the end. A search that finds nothing in its file stops at or beyond the file's end,
+        # which jumps of 1, 2, 4, ... up to the longest file's length always reach.
+        scores = np.concatenate([*(s.scores for s in series_list), [np.inf]])
+        valid = scores[:total][~np.isnan(scores[:total])]
+        scores[np.isnan(scores)] = -np.inf
+        self._table = [scores]
+        while len(self._table) < max(sizes, default=0).bit_length():
+            below, width = self._table[-1], 1 << (len(self._table) - 1)
+            level = np.full_like(below, np.inf)
+            level[:-width] = np.maximum(below[:-width], below[width:])
+            self._table.append(level)
+
+        factor, window, live = [np.zeros(1)], [np.full(1, -1, np.int64)], [np.zeros(1, np.bool_)]
+        windows_before = 0
+        self.n_windows = 0
+        for layout in layouts:
+            factor.insert(-1, layout.factor)
+            ids = np.where(layout.window_of_row >= 0, layout.window_of_row + windows_before, -1)
+            window.insert(-1, ids)
+            live.insert(-1, np.arange(layout.n_rows) >= layout.probation)
+            windows_before += len(layout.bounds)
+            self.n_windows += int(np.count_nonzero(layout.scored_windows))
+        self._factor = np.concatenate(factor)
+        self._window = np.concatenate(window)
+        self._live = np.concatenate(live)
+
+        self._distinct = np.unique(valid)
+        self._positive = valid[valid > 0.0]
+        # threshold -> (credit factor sum, FP factor sum, windows hit), over the corpus
+        self._cache: dict[float, tuple[float, float, int]] = {}
+
+    def _walk(self, thresholds: FloatArray) -> None:
+        """Walk every file's alarm chain at each of ``thresholds``; cache the outcomes."""
+        n_files = self._starts.size - 1
+        owner = np.repeat(np.arange(thresholds.size), n_files)  # walker -> its threshold
+        files = np.tile(np.arange(n_files), thresholds.size)
+        credit = np.zeros(owner.size)
+        cost = np.zeros(owner.size)
+        hits = np.zeros(owner.size, dtype=np.int64)
+
+        walker = np.flatnonzero(self._starts[files] < self._starts[files + 1])
+        pos = self._starts[files[walker]]
+        end = self._starts[files[walker] + 1]
+        level = thresholds[owner[walker]]
+        last = np.full(walker.size, -1, dtype=np.int64)  # the last window each walker hit
+        while walker.size:
+            at = pos
+            # Where thresholds are low, the row itself often alarms: search only the others.
+            search = np.flatnonzero(self._table[0][pos] < level)
+            if search.size:
+                find, below = pos[search], level[search]
+                for k in range(len(self._table) - 1, -1, -1):
+                    find = find + (self._table[k][find] < below) * (1 << k)
+                at = pos.copy()
+                at[search] = find
+            found = at < end
+            if not found.all():
+                walker, at, end, level, last = (
+                    walker[found],
+                    at[found],
+                    end[found],
+                    level[found],
+                    last[found],
+                )
+            window = self._window[at]
+            live = self._live[at]
+            false = live & (window < 0)
+            cost[walker[false]] += self._factor[at[false]]
+            first = live & (window >= 0) & (window != last)  # the window's earliest detection
+            credit[walker[first]] += self._factor[at[first]]
+            hits[walker[first]] += 1
+            last = np.where(first, window, last)
+            pos = at + (self.hold + 1)
+            going = pos < end
+            walker, pos, end, level, last = (
+                walker[going],
+                pos[going],
+                end[going],
+                level[going],
+                last[going],
+            )
+
+        size = thresholds.size
+        sums = zip(
+            np.bincount(owner, credit, size).tolist(),
+            np.bincount(owner, cost, size).tolist(),
+            np.bincount(owner, hits, size).astype(np.int64).tolist(),
+            strict=True,
+        )
+        for threshold, outcome in zip(thresholds.tolist(), sums, strict=True):
+            self._cache[threshold] = outcome
+
+    def raws(self, profile: Profile, thresholds: FloatArray) -> FloatArray:
+        """The corpus raw score under ``profile`` at each of ``thresholds``."""
+        todo = np.array([t for t in np.unique(thresholds).tolist() if t not in self._cache])
+        if todo.size:
+            self._walk(todo.astype(np.float64))
+        outcomes = np.array([self._cache[t] for t in thresholds.tolist()]).reshape(-1, 3)
+        credit, cost, hits = outcomes.T
+        return np.asarray(
+            profile.tp * credit + profile.fp * cost - profile.fn * (self.n_windows - hits),
+            dtype=np.float64,
+        )
+
+    def best(self, profile: Profile, thresholds: FloatArray) -> tuple[float, float]:
+        """The best of ``thresholds`` and its raw score; ties go to the highest threshold."""
+        candidates = np.unique(thresholds)[::-1]
+        raws = self.raws(profile, candidates)
+        at = int(np.argmax(raws))
+        return float(candidates[at]), float(raws[at])
+
+    def search(self, profile: Profile) -> tuple[float, float]:
+        """The optimiser without given thresholds (see ``optimise_threshold``)."""
+        distinct = self._distinct
+        if distinct.size <= HOLD_EXACT_MAX:
+            return self.best(profile, np.append(distinct, NEVER_FIRE))
+        grid = np.quantile(self._positive, HOLD_GRID_LEVELS, method="inverted_cdf")
+        # With the extremes: the lowest score fires on every scored row (as often as the hold
+        # lets it), which a costly enough miss can make worth it.
+        tried = np.unique(np.concatenate((grid, [distinct[0], distinct[-1], NEVER_FIRE])))
+        threshold, raw = self.best(profile, tried)
+        for _ in range(self.MAX_REFINE_ROUNDS):
+            # The HOLD_REFINE distinct scores nearest the best (the top ones for NEVER_FIRE).
+            at = int(np.searchsorted(distinct, threshold))
+            low = max(min(at - HOLD_REFINE // 2, distinct.size - HOLD_REFINE), 0)
+            tried = np.union1d(tried, distinct[low : low + HOLD_REFINE])
+            moved, raw = self.best(profile, tried)
+            if moved == threshold:
+                break
+            threshold = moved
+        return threshold, raw
 
 
 def _ratio(numerator: int, denominator: int) -> float:
@@ -483,11 +695,15 @@ class FileResult:
 
 @dataclass(frozen=True)
 class EvaluationReport:
-    """The result of ``evaluate``: per-profile scores, per-file rows and overall window metrics."""
+    """The result of ``evaluate``: per-profile scores, per-file rows and overall window metrics.
+
+    ``hold``: the alarm hold the detections were counted with (rows; 0 = none).
+    """
 
     profiles: Mapping[str, ProfileResult]
     files: tuple[FileResult, ...]
     overall: WindowMetrics
+    hold: int = 0
 
     @property
     def threshold(self) -> float:
@@ -498,6 +714,7 @@ class EvaluationReport:
         """A JSON-safe dictionary (NaN becomes None)."""
         return {
             "threshold": self.threshold,
+            "hold": self.hold,
             "profiles": {name: result.to_dict() for name, result in self.profiles.items()},
             "overall": self.overall.to_dict(),
             "files": [row.to_dict() for row in self.files],
@@ -508,7 +725,7 @@ class EvaluationReport:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
 
     def format_table(self) -> str:
-        """An aligned plain-text table for the terminal: files, total, then profiles."""
+        """An aligned plain-text table for the terminal: the alarm hold, files, total, profiles."""
         header = (
             "file",
             "rows",
@@ -562,7 +779,8 @@ class EvaluationReport:
             return "  ".join((first, *rest))
 
         rule = "-" * len(render(header))
-        out = [render(header), rule, *(render(line) for line in lines[1:-1]), rule]
+        hold = f"alarm hold: {self.hold} row{'' if self.hold == 1 else 's'}"
+        out = [hold, render(header), rule, *(render(line) for line in lines[1:-1]), rule]
         out.append(render(lines[-1]))
         out.append("")
         name_width = max(len(name) for name in self.profiles)
@@ -584,29 +802,41 @@ def _json_float(value: float) -> float | None:
 
 
 def evaluate(
-    series_list: Sequence[ScoredSeries], thresholds: Iterable[float] | None = None
+    series_list: Sequence[ScoredSeries],
+    thresholds: Iterable[float] | None = None,
+    hold: int = 0,
 ) -> EvaluationReport:
     """Score a corpus by NAB's rules, each profile at its own corpus-wide optimised threshold.
 
-    ``thresholds``: candidate thresholds for the optimiser; ``None`` sweeps every distinct score
-    (exact). Pass a single value to score at a fixed threshold. File rows and the overall
-    window metrics are counted at the standard profile's threshold.
+    Detections are the daemon's alarms, ``alarm_rows(scores, threshold, hold)``: after an alarm
+    a file stays quiet for ``hold`` rows. ``thresholds``: candidate thresholds for the optimiser;
+    ``None`` searches the distinct scores (see ``optimise_threshold``). Pass a single value to
+    score at a fixed threshold. File rows and the overall window metrics are counted at the
+    standard profile's threshold, with the same hold.
     """
     if not series_list:
         raise ValueError("nothing to evaluate: no series given")
     names = [s.name for s in series_list]
     if len(set(names)) != len(names):
         raise ValueError("series names must be unique")
+    hold = _check_hold(hold)
     candidates = None if thresholds is None else list(thresholds)
     layouts = [_layout(s) for s in series_list]
+    held = _HoldSweep(series_list, layouts, hold) if hold else None
+    alarms: dict[float, list[BoolArray]] = {}  # profiles often share a threshold
+
+    def detections(threshold: float) -> list[BoolArray]:
+        if threshold not in alarms:
+            alarms[threshold] = [alarm_rows(s.scores, threshold, hold) for s in series_list]
+        return alarms[threshold]
 
     profiles: dict[str, ProfileResult] = {}
     per_file: dict[str, list[FileScore]] = {}
     for profile_name, profile in PROFILES.items():
-        threshold, _ = _optimise(series_list, layouts, profile, candidates)
+        threshold, _ = _optimise(series_list, layouts, profile, candidates, hold, held)
         scores = [
-            _raw_score(s.name, layout, detections_at(s.scores, threshold), profile)
-            for s, layout in zip(series_list, layouts, strict=True)
+            _raw_score(s.name, layout, detected, profile)
+            for s, layout, detected in zip(series_list, layouts, detections(threshold), strict=True)
         ]
         raw = sum(f.raw for f in scores)
         null = sum(f.null for f in scores)
@@ -628,8 +858,9 @@ def evaluate(
     standard = profiles["standard"]
     span = standard.perfect - standard.null
     files = []
-    for series, layout, fs in zip(series_list, layouts, per_file["standard"], strict=True):
-        detected = detections_at(series.scores, standard.threshold)
+    for series, layout, fs, detected in zip(
+        series_list, layouts, per_file["standard"], detections(standard.threshold), strict=True
+    ):
         files.append(
             FileResult(
                 name=series.name,
@@ -646,13 +877,15 @@ def evaluate(
         detected=sum(f.metrics.detected for f in files),
         fp=sum(f.metrics.fp for f in files),
     )
-    return EvaluationReport(profiles=profiles, files=tuple(files), overall=overall)
+    return EvaluationReport(profiles=profiles, files=tuple(files), overall=overall, hold=hold)
 
 
 def plot_series(
     series: ScoredSeries, detections: npt.ArrayLike, threshold: float, path: str | Path
 ) -> Path:
     """Draw values (windows shaded, detections in red) over the anomaly score; write a PNG.
+
+    ``detections``: one boolean per row, e.g. ``alarm_rows(series.scores, threshold, hold)``.
 
     Probation is hatched grey; detections inside it are drawn hollow, as they are not scored.
     Returns ``path``. Uses the Agg canvas directly, so no global pyplot state is touched.

@@ -1,4 +1,5 @@
-"""NAB-style evaluator: hand-computed cases, the threshold sweep, metrics, real nab-dev data.
+"""NAB-style evaluator: hand-computed cases, the threshold sweep, the alarm hold, metrics, real
+nab-dev data.
 
 Hand-made file used by most cases: 100 rows one minute apart, so probation is
 floor(0.15 * 100) = 15 rows (rows 0..14), and one labelled window over rows 40..49 (width 10).
@@ -14,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from streamlstm import evaluation
+from streamlstm.calibration import alarm_rows
 from streamlstm.evaluation import (
     NEVER_FIRE,
     PROFILES,
@@ -273,6 +276,145 @@ def test_fixed_threshold_is_honoured() -> None:
     assert report.overall.detected == 3
 
 
+# --- the alarm hold ------------------------------------------------------------------------
+
+
+def test_hold_makes_a_burst_outside_windows_one_false_positive() -> None:
+    # Rows 20..24 score 1, before the only window: each detection there costs the full
+    # A_FP = 0.11. Without a hold that is 5 FPs: raw = -1 (window missed) - 5 * 0.11 = -1.55.
+    # With a hold of 10 rows, row 20 alarms and holds rows 21..30: 1 FP, raw = -1.11.
+    scores = np.zeros(N)
+    scores[20:25] = 1.0
+    series = make_series(scores=scores)
+    loose = evaluate([series], thresholds=[1.0], hold=0)
+    held = evaluate([series], thresholds=[1.0], hold=10)
+    assert (loose.overall.fp, loose.files[0].detections) == (5, 5)
+    assert (held.overall.fp, held.files[0].detections) == (1, 1)
+    assert loose.profiles["standard"].raw == pytest.approx(-1.55)
+    assert held.profiles["standard"].raw == pytest.approx(-1.11)
+    assert (loose.hold, held.hold) == (0, 10)
+    # The detections scored are the daemon's alarms.
+    assert np.flatnonzero(alarm_rows(scores, 1.0, 10)).tolist() == [20]
+
+
+def test_hold_from_an_alarm_before_a_window_silences_the_window() -> None:
+    # Rows 35..44 score 1; the window is rows 40..49.
+    scores = np.zeros(N)
+    scores[35:45] = 1.0
+    series = make_series(scores=scores)
+
+    def standard(hold: int) -> tuple[float, int, int, int]:
+        result = evaluate([series], thresholds=[1.0], hold=hold).profiles["standard"]
+        return result.raw, result.tp, result.fp, result.fn
+
+    # No hold: FPs at rows 35..39 (before the window: 0.11 each) and a TP at row 40, the left
+    # edge (+1): raw = 1 - 0.55 = 0.45.
+    assert standard(0) == pytest.approx((0.45, 1, 5, 0))
+    # Hold 10: row 35 alarms (an FP) and holds rows 36..45, which covers every high row in the
+    # window: it is missed. raw = -0.11 - 1 = -1.11.
+    assert standard(10) == pytest.approx((-1.11, 0, 1, 1))
+    # Hold 3: alarms at rows 35 and 39 (FPs), then row 43 (40..42 held): a late TP at
+    # y = -(49 - 43 + 1) / 10 = -0.7 -> tanh(1.75) / tanh(2.5) = 0.954147; raw = 0.954147 - 0.22.
+    assert standard(3) == pytest.approx((0.9541474721 - 0.22, 1, 2, 0))
+
+
+def test_an_alarm_in_probation_still_holds() -> None:
+    # Rows 10..20 score 1; probation is rows 0..14. Without a hold rows 15..20 are 6 FPs (raw
+    # -1 - 0.66). With a hold of 10, row 10 alarms (not scored: probation) and holds 11..20.
+    scores = np.zeros(N)
+    scores[10:21] = 1.0
+    series = make_series(scores=scores)
+    assert evaluate([series], [1.0]).profiles["standard"].raw == pytest.approx(-1.66)
+    held = evaluate([series], [1.0], hold=10)
+    assert held.profiles["standard"].raw == pytest.approx(-1.0)
+    assert (held.overall.fp, held.files[0].detections) == (0, 0)
+
+
+def _bursty_corpus(
+    rng: np.random.Generator, n: int = N, decimals: int | None = None
+) -> list[ScoredSeries]:
+    """Four files of noise below 0.7 with bursts of higher scores dropped anywhere, in windows
+    or not, and a few unscored rows; scores rounded to ``decimals`` when given."""
+    files = []
+    for i, windows in enumerate([[(30, 39), (60, 72)], [(16, 25)], [], [(90, 99)]]):
+        scores = rng.uniform(0.0, 0.7, n)
+        for start in rng.integers(0, n - 5, 6):
+            scores[start : start + rng.integers(1, 6)] = rng.uniform(0.5, 1.0)
+        if decimals is not None:
+            scores = np.round(scores, decimals)
+        scores[:3] = np.nan
+        windows = [(a * n // N, b * n // N) for a, b in windows]
+        files.append(make_series(f"f{i}.csv", windows, scores, n=n))
+    return files
+
+
+def _brute_force(corpus: list[ScoredSeries], hold: int) -> dict[str, dict[float, float]]:
+    """Per profile, the corpus raw score at every distinct score and NEVER_FIRE, scoring
+    ``alarm_rows`` one threshold at a time."""
+    distinct = np.unique(np.concatenate([s.scores[~np.isnan(s.scores)] for s in corpus]))
+    layouts = [evaluation._layout(s) for s in corpus]  # nab_raw_score, without redoing these
+    raws: dict[str, dict[float, float]] = {name: {} for name in PROFILES}
+    for t in [*distinct.tolist(), NEVER_FIRE]:
+        alarms = [alarm_rows(s.scores, t, hold) for s in corpus]
+        for name, profile in PROFILES.items():
+            raws[name][t] = sum(
+                evaluation._raw_score(s.name, layout, a, profile).raw
+                for s, layout, a in zip(corpus, layouts, alarms, strict=True)
+            )
+    return raws
+
+
+@pytest.mark.parametrize("hold", [1, 4, 12])
+def test_hold_optimiser_agrees_with_alarm_rows_at_every_threshold(hold: int) -> None:
+    corpus = _bursty_corpus(np.random.default_rng(hold), decimals=2)
+    brute_force = _brute_force(corpus, hold)
+    for name, profile in PROFILES.items():
+        brute = brute_force[name]
+        for t, expected in brute.items():
+            assert optimise_threshold(corpus, profile, [t], hold=hold)[1] == pytest.approx(expected)
+        best_t, best_raw = optimise_threshold(corpus, profile, hold=hold)
+        assert best_raw == pytest.approx(max(brute.values()))
+        assert best_raw == pytest.approx(brute[best_t])
+
+
+def test_hold_sweep_without_hold_equals_the_exact_sweep() -> None:
+    # The walker behind the hold optimiser, run with hold 0, against the prefix-sum sweep.
+    corpus = _bursty_corpus(np.random.default_rng(2))
+    layouts = [evaluation._layout(s) for s in corpus]
+    walker = evaluation._HoldSweep(corpus, layouts, 0)
+    candidates = np.unique([*np.concatenate([s.scores for s in corpus]), 0.0, NEVER_FIRE])[::-1]
+    candidates = candidates[~np.isnan(candidates)]
+    for profile in PROFILES.values():
+        np.testing.assert_allclose(
+            walker.raws(profile, candidates),
+            evaluation._sweep(corpus, layouts, profile, candidates),
+            atol=1e-9,
+        )
+
+
+def test_hold_optimiser_beyond_the_exact_limit_finds_the_brute_force_best(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Continuous scores: 4 * 297 distinct, over a limit lowered to 100, so the optimiser
+    # searches the quantile grid and then refines around its best.
+    monkeypatch.setattr(evaluation, "HOLD_EXACT_MAX", 100)
+    corpus = _bursty_corpus(np.random.default_rng(4), n=300)
+    assert sum(np.unique(s.scores[~np.isnan(s.scores)]).size for s in corpus) > 1000
+    for hold in (3, 20):
+        brute_force = _brute_force(corpus, hold)
+        for name, profile in PROFILES.items():
+            brute = brute_force[name]
+            best_t, best_raw = optimise_threshold(corpus, profile, hold=hold)
+            assert best_raw == pytest.approx(max(brute.values()))
+            assert best_raw == pytest.approx(brute[best_t])
+
+
+def test_hold_must_be_a_whole_number_of_rows() -> None:
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="hold"):
+            evaluate([make_series()], hold=bad)  # type: ignore[arg-type]
+
+
 # --- window precision / recall / F1 --------------------------------------------------------
 
 
@@ -311,7 +453,8 @@ def test_report_serialises_and_formats(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "report.json").read_text())["threshold"] == 0.8
 
     table = report.format_table().splitlines()
-    assert table[0].split() == [
+    assert table[0] == "alarm hold: 0 rows"
+    assert table[1].split() == [
         "file",
         "rows",
         "windows",
@@ -427,3 +570,47 @@ def test_windows_locate_on_real_files_with_irregular_timestamps() -> None:
         score = nab_raw_score(series, np.zeros(series.scores.size, bool), STANDARD)
         assert score.windows == len(windows[key])
         assert score.raw == -len(windows[key])
+
+
+def _nab_corpus() -> list[ScoredSeries]:
+    windows = load_windows(NAB_DEV / "windows.json")
+    return [_read_nab(key, windows[key], score=True) for key in REAL_FILES]
+
+
+def test_without_a_hold_results_are_those_of_the_exact_sweep_before_holds() -> None:
+    # Pinned from the evaluator as it was before the alarm hold existed.
+    corpus = _nab_corpus()
+    report = evaluate(corpus, hold=0)
+    assert report.to_dict() == evaluate(corpus).to_dict()
+    expected = {
+        "standard": (0.8473942056015167, 38.30709206523739, 10, 89, 1),
+        "reward_low_fp": (0.917276288641211, 29.87734573576411, 6, 16, 5),
+        "reward_low_fn": (0.8473942056015167, 55.84109167985523, 10, 89, 1),
+    }
+    for name, (threshold, score, tp, fp, fn) in expected.items():
+        result = report.profiles[name]
+        assert result.threshold == pytest.approx(threshold, rel=1e-12)
+        assert result.score == pytest.approx(score, rel=1e-9)
+        assert (result.tp, result.fp, result.fn) == (tp, fp, fn)
+
+
+def test_hold_on_nab_dev_scores_the_daemons_alarms() -> None:
+    corpus = _nab_corpus()
+    report = evaluate(corpus, hold=100)
+    standard = report.profiles["standard"]
+    alarms = [alarm_rows(s.scores, standard.threshold, 100) for s in corpus]
+    assert standard.raw == pytest.approx(
+        sum(nab_raw_score(s, a, STANDARD).raw for s, a in zip(corpus, alarms, strict=True))
+    )
+    assert [f.detections for f in report.files] == [
+        int(np.count_nonzero(a[f.probation :])) for f, a in zip(report.files, alarms, strict=True)
+    ]
+    # A burst pages once: fewer false positives than without the hold at the same threshold.
+    assert report.overall.fp < evaluate(corpus, [standard.threshold]).overall.fp
+    # Over HOLD_EXACT_MAX distinct scores, the grid and refinement do as well as trying them all.
+    distinct = np.unique(np.concatenate([s.scores[~np.isnan(s.scores)] for s in corpus]))
+    assert distinct.size > evaluation.HOLD_EXACT_MAX
+    every = optimise_threshold(corpus, STANDARD, [*distinct, NEVER_FIRE], hold=100)
+    assert (standard.threshold, standard.raw) == pytest.approx(every)
+    assert report.to_dict()["hold"] == 100
+    assert report.format_table().splitlines()[0] == "alarm hold: 100 rows"
