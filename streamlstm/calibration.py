@@ -29,6 +29,7 @@ import numpy.typing as npt
 # anomaly_score = total surprise / SURPRISE_SCALE, clipped to 1: 0.3 is a one-in-a-thousand
 # window, 1.0 one in ten billion or rarer.
 SURPRISE_SCALE = 10.0
+MIN_TAIL = 10
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,9 @@ class TailCalibrator:
         if n < self.warmup:
             return 0.0
         held = self._sorted[:n]
-        cut = min(int((1.0 - self.tail_fraction) * n), n - 1)
+        # The tail is fitted on at least MIN_TAIL values, so a short history cannot claim
+        # extreme rarity from two or three excesses.
+        cut = max(min(int((1.0 - self.tail_fraction) * n), n - MIN_TAIL), 0)
         edge = held[cut]
         if value <= edge:
             at_least = n - int(np.searchsorted(held, value, side="left"))

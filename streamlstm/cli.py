@@ -22,6 +22,10 @@ from streamlstm import config as config_module
 from streamlstm.calibration import CalibrationSettings
 from streamlstm.errors import ConfigError, StreamlstmError
 
+# Pretrained on generated series only (`streamlstm train --synthetic 150 ...`, see
+# streamlstm/data/README.md), so it has never seen any series it is evaluated on.
+BUNDLED_MODEL = Path(__file__).parent / "data" / "model"
+
 log = logging.getLogger("streamlstm")
 
 
@@ -147,22 +151,24 @@ _TRAIN_SOURCES = {
     "kafka": ("--kafka-topic", {"--bootstrap": "bootstrap", "--from": "start", "--to": "end",
                                 "--config": "config"}),
     "influx": ("--influx-query", {"--influx-url": "influx_url", "--influx-db": "influx_db"}),
+    "synthetic": ("--synthetic", {}),
 }
 
 
 def _check_train_source(args: argparse.Namespace) -> str:
     """Which history source the options name: ``files``, ``kafka`` or ``influx``.
 
-    argparse already demands exactly one of ``--input``, ``--kafka-topic`` and
-    ``--influx-query``; this refuses the other sources' options and reads the Kafka time
-    range into ``args.start_ts`` and ``args.end_ts`` (epoch seconds).
+    argparse already demands exactly one of ``--input``, ``--kafka-topic``,
+    ``--influx-query`` and ``--synthetic``; this refuses the other sources' options and reads
+    the Kafka time range into ``args.start_ts`` and ``args.end_ts`` (epoch seconds).
     """
     from streamlstm.decoding import parse_timestamp
     from streamlstm.errors import DecodeError
 
     parser: argparse.ArgumentParser = args.train_parser
     source = ("files" if args.input is not None else
-              "kafka" if args.kafka_topic is not None else "influx")
+              "kafka" if args.kafka_topic is not None else
+              "synthetic" if args.synthetic is not None else "influx")
     for other, (selector, options) in _TRAIN_SOURCES.items():
         for option, dest in options.items():
             if other != source and getattr(args, dest) is not None:
@@ -186,6 +192,10 @@ def _training_table(args: argparse.Namespace, source: str, features: list[str] |
         from streamlstm.sources.files import read_tables
 
         return read_tables(args.input, features)
+    if source == "synthetic":
+        from streamlstm.synthetic import corpus_table
+
+        return corpus_table(n_series=args.synthetic, seed=args.seed)
     if source == "kafka":
         from dataclasses import replace
 
@@ -247,25 +257,64 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    import numpy as np
-
     from streamlstm import evaluation
     from streamlstm.model.artifact import load_artifact
-    from streamlstm.pipeline import Pipeline, PipelineSettings, score_points
-    from streamlstm.sources.files import read_table
 
     labels = evaluation.load_windows(args.labels)
     artifact = load_artifact(args.model)
-    files = _expand_data(args.data)
+    series_list, rows, elapsed = score_labelled_files(
+        _expand_data(args.data), labels, artifact, args.labels)
+    hold = CalibrationSettings.from_dict(artifact.calibration).alarm_hold
+    report = evaluation.evaluate(series_list, hold=hold)
+    shipped = CalibrationSettings.from_dict(artifact.calibration).threshold
+    at_shipped = evaluation.evaluate(series_list, thresholds=[shipped], hold=hold)
+    print(report.format_table())
+    print(f"at the model's own threshold {shipped:g}: " + ", ".join(
+        f"{name} {p.score:.1f}" for name, p in at_shipped.profiles.items()))
+    print(f"\n{rows} rows scored in {elapsed:.1f}s ({rows / max(elapsed, 1e-9):,.0f} rows/s), "
+          f"model {artifact.version}")
+    if args.output:
+        data = report.to_dict() | {
+            "rows": rows, "seconds": elapsed, "model": artifact.version,
+            "at_model_threshold": {name: p.score for name, p in at_shipped.profiles.items()},
+        }
+        Path(args.output).write_text(json.dumps(data, indent=2) + "\n")
+    if args.plots:
+        from streamlstm.calibration import alarm_rows
+
+        plots = Path(args.plots)
+        plots.mkdir(parents=True, exist_ok=True)
+        threshold = report.threshold
+        for series in series_list:
+            name = series.name.replace("/", "__").removesuffix(".csv") + ".png"
+            evaluation.plot_series(series, alarm_rows(series.scores, threshold, hold), threshold,
+                                   plots / name)
+        print(f"plots in {plots}/")
+    return 0
+
+
+def score_labelled_files(files: Sequence[Path], labels: dict[str, Any], artifact: Any,
+                         labels_name: str = "the labels",
+                         settings: Any = None) -> tuple[list[Any], int, float]:
+    """Replay each labelled file through its own pipeline (each file is a series never seen).
+
+    Returns ``(ScoredSeries list, rows, seconds)``; used by `evaluate` and ``bench/quality.py``.
+    """
+    import numpy as np
+
+    from streamlstm import evaluation
+    from streamlstm.pipeline import Pipeline, PipelineSettings, score_points
+    from streamlstm.sources.files import read_table
+
     series_list = []
     started = time.perf_counter()
     rows = 0
     for path in files:
         key = _label_key(path, labels)
         if key is None:
-            raise StreamlstmError(f"{path}: not listed in {args.labels}")
+            raise StreamlstmError(f"{path}: not listed in {labels_name}")
         table = read_table(path)
-        pipeline = Pipeline(artifact, PipelineSettings(stride=1))
+        pipeline = Pipeline(artifact, settings or PipelineSettings(stride=1))
         scores = score_points(pipeline, table.points())
         series_list.append(evaluation.ScoredSeries(
             name=key,
@@ -275,23 +324,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             windows=labels[key],
         ))
         rows += len(scores)
-    elapsed = time.perf_counter() - started
-    report = evaluation.evaluate(series_list)
-    print(report.format_table())
-    print(f"\n{rows} rows scored in {elapsed:.1f}s ({rows / max(elapsed, 1e-9):,.0f} rows/s), "
-          f"model {artifact.version}")
-    if args.output:
-        data = report.to_dict() | {"rows": rows, "seconds": elapsed, "model": artifact.version}
-        Path(args.output).write_text(json.dumps(data, indent=2) + "\n")
-    if args.plots:
-        plots = Path(args.plots)
-        plots.mkdir(parents=True, exist_ok=True)
-        threshold = report.threshold
-        for series in series_list:
-            name = series.name.replace("/", "__").removesuffix(".csv") + ".png"
-            evaluation.plot_series(series, series.scores >= threshold, threshold, plots / name)
-        print(f"plots in {plots}/")
-    return 0
+    return series_list, rows, time.perf_counter() - started
 
 
 def _expand_data(paths: Sequence[str]) -> list[Path]:
@@ -415,6 +448,9 @@ def _parser() -> argparse.ArgumentParser:
     sources.add_argument("--influx-query", metavar="INFLUXQL",
                          help="an InfluxQL SELECT; each series (measurement,tag=value,...) "
                               "is one series, the selected fields are the features")
+    sources.add_argument("--synthetic", type=int, metavar="N_SERIES",
+                         help="N generated normal series (streamlstm.synthetic): how the "
+                              "bundled model is trained")
     train.add_argument("--output", required=True, help="models directory (a new version)")
     train.add_argument("--features", help="value columns, comma-separated (default: all; "
                                           "with --kafka-topic: value)")
@@ -457,17 +493,22 @@ def _parser() -> argparse.ArgumentParser:
                        help="write the version without pointing 'current' at it")
     train.set_defaults(handler=cmd_train, train_parser=train)
 
+    default_model = os.environ.get("STREAMLSTM_MODEL_PATH", str(BUNDLED_MODEL))
     replay = verbs.add_parser("replay", help="score files offline with the daemon's pipeline")
     replay.add_argument("input", nargs="+", help="CSV or Parquet files")
     replay.add_argument("--output", default="-", help="CSV to write (default: stdout)")
-    replay.add_argument("--model", default=os.environ.get("STREAMLSTM_MODEL_PATH", "models"))
+    replay.add_argument("--model", default=default_model,
+                        help="model version or models directory (default: the bundled model, "
+                             "pretrained on synthetic series)")
     replay.add_argument("--stride", type=int, default=1)
     replay.set_defaults(handler=cmd_replay)
 
     evaluate = verbs.add_parser("evaluate", help="score labelled files, NAB-style")
     evaluate.add_argument("data", nargs="+", help="CSV files or directories")
     evaluate.add_argument("--labels", required=True, help="NAB windows.json")
-    evaluate.add_argument("--model", default=os.environ.get("STREAMLSTM_MODEL_PATH", "models"))
+    evaluate.add_argument("--model", default=default_model,
+                        help="model version or models directory (default: the bundled model, "
+                             "pretrained on synthetic series)")
     evaluate.add_argument("--output", help="write the results as JSON")
     evaluate.add_argument("--plots", help="directory for one PNG per series")
     evaluate.set_defaults(handler=cmd_evaluate)

@@ -46,6 +46,12 @@ class PipelineSettings:
     idle_evict_s: float = 86_400.0
     max_gap_intervals: int = 5
     memory_windows: int = 2048  # past windows each series remembers for novelty
+    # Which evidence scores: "both", or one alone for ablation ("model" error, "memory").
+    evidence: str = "both"
+
+    def __post_init__(self) -> None:
+        if self.evidence not in ("both", "model", "memory"):
+            raise ValueError(f"evidence must be both, model or memory, not {self.evidence!r}")
 
 
 def combined_surprise(first: float, second: float) -> float:
@@ -62,8 +68,9 @@ class SeriesState:
     """Everything one series carries between windows besides its window buffer and spread."""
 
     def __init__(self, series: str, window: int, n_features: int, memory_windows: int,
-                 calibration: CalibrationSettings) -> None:
+                 calibration: CalibrationSettings, evidence: str = "both") -> None:
         self.series = series
+        self.evidence = evidence
         self.memory = WindowMemory(window, n_features, memory_windows)
         self.error = self._calibrator(calibration)
         self.novelty = self._calibrator(calibration)
@@ -76,11 +83,14 @@ class SeriesState:
         self.memory.append(window[-1])
         novelty = self.memory.nearest_distance(window, scale)
         log_error = math.log(max(error, 1e-12))
-        surprise = self.error.score_one(log_error)
+        surprise = self.error.score_one(log_error) if self.evidence != "memory" else 0.0
         self.error.learn_one(log_error)
         if not math.isfinite(novelty):
             return None, min(surprise / SURPRISE_SCALE, 1.0)
-        surprise = combined_surprise(surprise, self.novelty.score_one(novelty))
+        if self.evidence == "both":
+            surprise = combined_surprise(surprise, self.novelty.score_one(novelty))
+        elif self.evidence == "memory":
+            surprise = self.novelty.score_one(novelty)
         self.novelty.learn_one(novelty)
         return novelty, min(surprise / SURPRISE_SCALE, 1.0)
 
@@ -211,7 +221,8 @@ class Pipeline:
         if state is None or state.series != series:  # a new series, or a slot reused
             arch = self.artifact.architecture
             state = SeriesState(series, arch.window, arch.n_features,
-                                self.settings.memory_windows, self.calibration)
+                                self.settings.memory_windows, self.calibration,
+                                self.settings.evidence)
             self._states[slot] = state
         return state
 

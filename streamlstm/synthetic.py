@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from streamlstm.sources.files import Table
 from streamlstm.training import SeriesHistory
 
 STEP_SECONDS = 300.0  # five-minute samples; only gaps relative to the step matter to the model
@@ -86,7 +87,7 @@ def generate_series(rng: np.random.Generator, n: int) -> np.ndarray:
     return values
 
 
-def corpus(n_series: int = 200, length: int = 4000, seed: int = 0) -> dict[str, SeriesHistory]:
+def corpus(n_series: int = 150, length: int = 3000, seed: int = 0) -> dict[str, SeriesHistory]:
     """A seeded dictionary of synthetic series, ready for `streamlstm.training.fit`."""
     rng = np.random.default_rng(seed)
     out: dict[str, SeriesHistory] = {}
@@ -95,3 +96,14 @@ def corpus(n_series: int = 200, length: int = 4000, seed: int = 0) -> dict[str, 
         timestamps = np.arange(length, dtype=np.float64) * STEP_SECONDS
         out[f"synthetic-{k:04d}"] = SeriesHistory(timestamps, values.reshape(-1, 1))
     return out
+
+
+def corpus_table(n_series: int = 150, length: int = 3000, seed: int = 0) -> Table:
+    """`corpus` as one table, the shape every `streamlstm train` source produces."""
+    history = corpus(n_series, length, seed)
+    return Table(
+        series=[name for name, h in history.items() for _ in range(len(h.timestamps))],
+        timestamps=np.concatenate([h.timestamps for h in history.values()]),
+        values=np.concatenate([h.values for h in history.values()]),
+        feature_names=["value"],
+    )

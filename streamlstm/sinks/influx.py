@@ -2,8 +2,9 @@
 
 One point per score: measurement ``settings.measurement``, tags ``series`` and ``model``,
 float fields ``value`` (``value_1``, ``value_2``... for further features), ``score``,
-``error``, ``novelty`` (once the series' memory holds a past window), ``threshold``, boolean ``is_anomaly``, and the event time in nanoseconds, rounded
-to the microsecond so a replayed event lands on exactly the same point and overwrites it.
+``error``, ``novelty`` (once the series' memory holds a past window), ``threshold``,
+boolean ``is_anomaly``, and the event time in nanoseconds, rounded to the microsecond so a
+replayed event lands on exactly the same point and overwrites it.
 
 Lines are built as strings here: on 10k scores that takes ~4 µs per score against ~20 µs with
 influxdb-client's ``Point`` objects or its dict form (which goes through them).

@@ -148,7 +148,7 @@ def test_points_become_a_table_and_duplicates_count_once() -> None:
 
 
 @pytest.mark.parametrize(("argv", "message"), [
-    ([], "one of the arguments --input --kafka-topic --influx-query is required"),
+    ([], "one of the arguments --input --kafka-topic --influx-query --synthetic is required"),
     (["--input", "a.csv", "--kafka-topic", "t"], "--kafka-topic: not allowed with argument "
                                                  "--input"),
     (["--kafka-topic", "t", "--influx-query", "SELECT 1"], "--influx-query: not allowed with"),
