@@ -1,9 +1,10 @@
 """`streamlstm demo`: the whole daemon on one machine, with nothing to set up.
 
 Starts a tansu broker, an InfluxDB (with the v2 write endpoint) and, when installed, a
-Prometheus scraping the daemon; trains a first model on the start of the bundled NAB series;
-replays the series into Kafka; runs the daemon until every event is scored and written; then
-prints what it found and where to look.
+Prometheus scraping the daemon; installs the bundled model (pretrained on synthetic series
+only, so it has never seen the demo's series) as the current model of the demo's models
+directory; replays the series into Kafka; runs the daemon until every event is scored and
+written; then prints what it found and where to look.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ DATASETS = (
 )
 TOPIC = "metrics"
 DATABASE = "streamlstm"
-HISTORY_FRACTION = 0.3  # the first 30% of each series trains the demo model
 
 
 def bundled_files() -> list[Path]:
@@ -48,7 +48,7 @@ def run_demo(workdir: Path, keep_running: bool = False, timeout_s: float = 600.0
     tables = [read_table(path) for path in files]
     models = workdir / "models"
     if not (models / "current").is_file():
-        _train_demo_model(tables, models)
+        install_bundled_model(models)
 
     with TansuBroker() as kafka, InfluxDB(databases=[DATABASE]) as influx:
         metrics_port = free_port()
@@ -95,18 +95,16 @@ def run_demo(workdir: Path, keep_running: bool = False, timeout_s: float = 600.0
     return 0 if written > 0 else 1
 
 
-def _train_demo_model(tables: list, models: Path) -> None:
-    from streamlstm.model.artifact import save_artifact
-    from streamlstm.training import SeriesHistory, TrainingSettings, fit
+def install_bundled_model(models: Path) -> Path:
+    """Save the bundled model as a new version under ``models`` and make it current."""
+    from streamlstm.cli import BUNDLED_MODEL
+    from streamlstm.model.artifact import load_artifact, save_artifact
 
-    history = {}
-    for table in tables:
-        cut = int(len(table.timestamps) * HISTORY_FRACTION)
-        history[table.series[0]] = SeriesHistory(table.timestamps[:cut], table.values[:cut])
-    print(f"training a first model on the first {HISTORY_FRACTION:.0%} of each series ...")
-    artifact = fit(history, tables[0].feature_names, TrainingSettings(epochs=15), progress=None)
+    artifact = load_artifact(BUNDLED_MODEL)  # checks the weights' checksum
     target = save_artifact(artifact, models)
-    print(f"model {artifact.version} written to {target}")
+    print(f"installed the bundled model (pretrained on synthetic series) as {artifact.version} "
+          f"in {target}")
+    return target
 
 
 def _short_group_timeouts(settings: config_module.Settings) -> config_module.Settings:

@@ -20,8 +20,8 @@ T0 = 1_714_564_800.0
 
 def score(series: str = "host1.cpu", ts: float = T0, values: tuple[float, ...] = (0.5,),
           error: float = 0.01, value: float = 0.2, threshold: float = 0.9,
-          anomaly: bool = False, model: str = "v1") -> Score:
-    return Score(series, ts, values, error, value, threshold, anomaly, model)
+          anomaly: bool = False, model: str = "v1", novelty: float | None = None) -> Score:
+    return Score(series, ts, values, error, value, threshold, anomaly, model, novelty=novelty)
 
 
 @pytest.fixture
@@ -113,6 +113,22 @@ def test_non_finite_numbers_are_left_out(influx: Any, sink: InfluxSink,
     assert rows[0].get("error") is None and rows[0].get("score") is None
     assert rows[0]["value"] == 1.0 and rows[0].get("value_1") is None
     assert rows[0]["threshold"] == 0.9 and rows[0]["is_anomaly"] is False
+
+
+def test_novelty_reads_back_as_written(influx: Any, sink: InfluxSink, measurement: str) -> None:
+    written = [1.2345678901234567, None, 0.0, math.nan, 3e-7]
+    sink.write([score(ts=T0 + i, novelty=novelty) for i, novelty in enumerate(written)]
+               + [score(series="multi", ts=T0 + 10, values=(1.0, 2.0), novelty=42.5)])
+    rows = select(influx, measurement)
+    assert len(rows) == 6
+    # A missing (None) or non-finite novelty is no field at all: null when read back.
+    assert [row.get("novelty") for row in rows[:5]] == [1.2345678901234567, None, 0.0, None,
+                                                        3e-7]
+    assert rows[5]["series"] == "multi" and rows[5]["novelty"] == 42.5
+    assert all(row["score"] == 0.2 and row["error"] == 0.01 for row in rows)
+    # A point without novelty stays without it: the field is not filled with anything.
+    count = influx.query(f'SELECT count("novelty") FROM "{measurement}"', db=DB)
+    assert count[0]["count"] == 4
 
 
 def test_large_writes_are_chunked(influx: Any, sink: InfluxSink, measurement: str) -> None:

@@ -1,15 +1,24 @@
-"""Pipeline: causal, batch-independent, deterministic, warm-up, spikes, series independence."""
+"""Pipeline: causal, batch-independent, deterministic, warm-up, spikes, series independence,
+the evidence combination, ablation settings and what a model swap keeps."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 
 import numpy as np
 import pytest
 
+from streamlstm.calibration import SURPRISE_SCALE, CalibrationSettings, TailCalibrator
 from streamlstm.model.artifact import Artifact
-from streamlstm.pipeline import Pipeline, PipelineSettings, score_points
+from streamlstm.pipeline import (
+    Pipeline,
+    PipelineSettings,
+    SeriesState,
+    combined_surprise,
+    score_points,
+)
 from streamlstm.records import Point, Score
 from streamlstm.training import fit
 from tests.unit.core_helpers import (
@@ -40,7 +49,9 @@ def feed(pipeline: Pipeline, points: Sequence[Point], batch: int,
 
 
 def as_array(scores: Sequence[Score | None], field: str = "score") -> np.ndarray:
-    return np.array([getattr(s, field) if s is not None else np.nan for s in scores])
+    """One float per entry: NaN where there is no score, or the field is None (novelty)."""
+    values = [getattr(s, field) if s is not None else None for s in scores]
+    return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
 
 
 def interleave(*streams: list[Point]) -> list[Point]:
@@ -261,3 +272,188 @@ def test_swap_model_refuses_another_window_length(tiny_artifact: Artifact) -> No
     with pytest.raises(ValueError, match="same window"):
         pipeline.swap_model(wider)
     assert pipeline.scorer.artifact is tiny_artifact
+
+
+# ---------------------------------------------------------------- evidence and its combination
+
+
+@pytest.mark.parametrize(("p1", "p2"), [
+    (0.5, 0.5), (1e-3, 0.2), (1e-4, 1e-4), (0.9, 1e-6), (1e-8, 0.03),
+])
+def test_combined_surprise_is_fishers_rule_for_two_probabilities(p1: float, p2: float) -> None:
+    x = p1 * p2
+    expected = -math.log10(x * (1.0 - math.log(x)))
+    got = combined_surprise(-math.log10(p1), -math.log10(p2))
+    assert got == pytest.approx(expected, rel=1e-12, abs=1e-12)
+    # The product of two uniform p-values is not itself uniform: the plain sum overstates.
+    assert got < -math.log10(p1) - math.log10(p2)
+
+
+def test_combined_surprise_of_nothing_is_nothing_and_grows_with_each_part() -> None:
+    assert combined_surprise(0.0, 0.0) == 0.0
+    assert combined_surprise(0.0, 3.0) < 3.0  # one uninformative part still costs a little
+    assert combined_surprise(2.0, 3.0) > combined_surprise(1.0, 3.0) > combined_surprise(0.0, 3.0)
+    assert combined_surprise(3.0, 2.0) == combined_surprise(2.0, 3.0)
+
+
+def test_unknown_evidence_is_refused() -> None:
+    with pytest.raises(ValueError, match="evidence"):
+        PipelineSettings(evidence="nope")
+    for evidence in ("both", "model", "memory"):
+        assert PipelineSettings(evidence=evidence).evidence == evidence
+
+
+def replay_surprises(values: Sequence[float | None], calibration: CalibrationSettings
+                     ) -> list[float | None]:
+    """What one TailCalibrator says of each value before learning it (None passes through)."""
+    calibrator = TailCalibrator(calibration.history, calibration.tail_fraction,
+                                calibration.warmup)
+    out: list[float | None] = []
+    for value in values:
+        if value is None:
+            out.append(None)
+            continue
+        out.append(calibrator.score_one(value))
+        calibrator.learn_one(value)
+    return out
+
+
+def test_both_evidence_scores_are_the_combined_surprise_of_error_and_novelty(
+        tiny_artifact: Artifact) -> None:
+    n = 500
+    scores = [s for s in score_points(Pipeline(tiny_artifact), spiky_sine(n, [320, 420]))
+              if s is not None]
+    calibration = CalibrationSettings.from_dict(tiny_artifact.calibration)
+    error_s = replay_surprises([math.log(max(s.error, 1e-12)) for s in scores], calibration)
+    novelty_s = replay_surprises([s.novelty for s in scores], calibration)
+    checked = 0
+    for s, e, m in zip(scores, error_s, novelty_s, strict=True):
+        assert e is not None
+        total = e if m is None else combined_surprise(e, m)
+        assert s.score == pytest.approx(min(total / SURPRISE_SCALE, 1.0), abs=1e-12)
+        checked += m is not None and m > 0 and e > 0
+    assert checked > 50  # both parts were live for a good stretch
+
+
+def test_model_evidence_does_not_depend_on_the_memory(tiny_artifact: Artifact) -> None:
+    points = spiky_sine(500, [330])
+    model = score_points(Pipeline(tiny_artifact, PipelineSettings(evidence="model")), points)
+    forgetful = score_points(Pipeline(tiny_artifact, PipelineSettings(
+        evidence="model", memory_windows=1)), points)
+    both = score_points(Pipeline(tiny_artifact), points)
+    both_forgetful = score_points(Pipeline(tiny_artifact, PipelineSettings(memory_windows=1)),
+                                  points)
+    # The memory's size matters to novelty (one past window against 2048) and so to the
+    # combined score ...
+    assert not np.allclose(as_array(both, "novelty"), as_array(both_forgetful, "novelty"),
+                           equal_nan=True)
+    assert np.nanmax(np.abs(as_array(both) - as_array(both_forgetful))) > 0.01
+    # ... but not to the model-only score, which also differs from the combined one.
+    np.testing.assert_array_equal(as_array(model), as_array(forgetful))
+    assert np.nanmax(np.abs(as_array(model) - as_array(both))) > 0.01
+    # Model-only scores are the calibrated error alone.
+    calibration = CalibrationSettings.from_dict(tiny_artifact.calibration)
+    scored = [s for s in model if s is not None]
+    surprises = replay_surprises([math.log(max(s.error, 1e-12)) for s in scored], calibration)
+    expected = [min(e / SURPRISE_SCALE, 1.0) for e in surprises if e is not None]
+    np.testing.assert_allclose([s.score for s in scored], expected, rtol=0, atol=1e-12)
+
+
+def test_memory_evidence_is_the_calibrated_novelty_alone(tiny_artifact: Artifact) -> None:
+    # A short warm-up, so the error calibration is warm before the memory has a past window.
+    quick = dataclasses.replace(tiny_artifact, calibration=dict(tiny_artifact.calibration,
+                                                                warmup=5))
+    points = spiky_sine(500, [20, 330])
+    scores = [s for s in score_points(Pipeline(quick, PipelineSettings(
+        evidence="memory")), points) if s is not None]
+    calibration = CalibrationSettings.from_dict(quick.calibration)
+    surprises = replay_surprises([s.novelty for s in scores], calibration)
+    assert surprises[20 - (W - 1)] is None  # the spike at row 20 comes before any novelty
+    for s, m in zip(scores, surprises, strict=True):
+        # While the memory holds no non-overlapping past window there is nothing to score.
+        expected = 0.0 if m is None else min(m / SURPRISE_SCALE, 1.0)
+        assert s.score == pytest.approx(expected, abs=1e-12)
+    assert max(s.score for s in scores) > 0.1
+    # The model did see the early spike: it is the memory setting that keeps it out.
+    both = score_points(Pipeline(quick), points)
+    assert max(s.score for s in both[W - 1 : 2 * W] if s is not None) > 0.1
+
+
+def test_novelty_appears_once_a_non_overlapping_past_window_exists(
+        tiny_artifact: Artifact) -> None:
+    scores = score_points(Pipeline(tiny_artifact), spiky_sine(4 * W, []))
+    novelty = [s.novelty if s is not None else None for s in scores]
+    assert novelty[: 2 * W - 1] == [None] * (2 * W - 1)  # not 2W rows yet: no room for two
+    assert all(v is not None and v >= 0.0 for v in novelty[3 * W - 2 :])
+
+
+# ---------------------------------------------------------------- model swaps
+
+
+def test_series_state_adopt_restarts_only_the_error_calibration() -> None:
+    old = CalibrationSettings(history=50, warmup=10, threshold=0.4, alarm_hold=5)
+    state = SeriesState("s", window=4, n_features=1, memory_windows=30, calibration=old)
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=60)
+    for t in range(3, 60):
+        state.score(values[t - 3 : t + 1, None], np.ones(1), float(np.exp(rng.normal())))
+    memory, novelty = state.memory, state.novelty
+    held = memory.n_held
+    assert state.error.n_held > 0 and novelty.n_held > 0
+    new = CalibrationSettings(history=80, warmup=20, threshold=0.25, alarm_hold=7)
+    state.adopt(new)
+    assert state.memory is memory and memory.n_held == held
+    assert state.novelty is novelty and novelty.n_held > 0
+    assert state.error.n_held == 0 and state.error.n_learnt == 0
+    assert (state.error.history, state.error.warmup) == (80, 20)
+    assert (state.detector.threshold, state.detector.hold) == (0.25, 7)
+
+
+def swapped_run(artifact: Artifact, other: Artifact, points: list[Point], cut: int,
+                evidence: str = "both", swap: bool = True) -> list[Score | None]:
+    pipeline = Pipeline(artifact, PipelineSettings(evidence=evidence))
+    out: list[Score | None] = [None] * len(points)
+    for start, stop in ((0, cut), (cut, len(points))):
+        if start == cut and swap:
+            pipeline.swap_model(other)
+        result = pipeline.process(points[start:stop], now=0.0)
+        for position, score in zip(result.positions, result.scores, strict=True):
+            out[start + position] = score
+    return out
+
+
+def test_swap_model_keeps_each_series_memory_and_restarts_error_scoring(
+        tiny_artifact: Artifact) -> None:
+    cut, n = 400, 700
+    points = interleave(spiky_sine(n, [], name="a", seed=11),
+                        to_points("b", timestamps(n), 100 + 20 * sine_values(n, seed=12)))
+    calibration = dict(tiny_artifact.calibration, threshold=0.35)
+    other = dataclasses.replace(tiny_artifact, version="other", calibration=calibration)
+    warmup = CalibrationSettings.from_dict(calibration).warmup
+
+    swapped = swapped_run(tiny_artifact, other, points, 2 * cut)
+    kept = swapped_run(tiny_artifact, other, points, 2 * cut, swap=False)
+    memory_only = swapped_run(tiny_artifact, other, points, 2 * cut, evidence="memory")
+
+    for name in ("a", "b"):
+        mine = [(s, k, m) for s, k, m in zip(swapped[2 * cut :], kept[2 * cut :],
+                                              memory_only[2 * cut :], strict=True)
+                if s is not None and s.series == name]
+        assert len(mine) == n - cut
+        first = mine[0][0]
+        assert first.model_version == "other" and first.threshold == 0.35
+        # The memory carried over: novelty continues where it was, as if nothing happened.
+        assert first.novelty is not None
+        assert [s.novelty for s, _, _ in mine] == [k.novelty for _, k, _ in mine]
+        # The error calibration restarted: until it warms up the error adds no surprise, so
+        # the score is the novelty's surprise (as scored with memory alone) combined with 0.
+        for s, k, m in mine[:warmup]:
+            assert m.score < 1.0
+            expected = combined_surprise(0.0, m.score * SURPRISE_SCALE) / SURPRISE_SCALE
+            assert s.score == pytest.approx(expected, abs=1e-12)
+            assert k.score >= s.score - 1e-12
+        # Without the swap the error was warm and added its own surprise.
+        assert any(k.score > s.score + 1e-3 for s, k, _ in mine[:warmup])
+        # Once the new calibration has warmed up, the error scores again.
+        assert any(abs(s.score - combined_surprise(0.0, m.score * SURPRISE_SCALE)
+                       / SURPRISE_SCALE) > 1e-6 for s, _, m in mine[warmup:])
