@@ -7,7 +7,8 @@ Figures (all measured in this process, one after the other, so machine noise hit
   against the baseline of one model call per event: the gain from batching across series;
 - the same with GRU cells instead of LSTM;
 - JSON decoding and InfluxDB line-protocol building per event, for scale;
-- memory held per tracked series by the window store (tracemalloc).
+- the same scoring the model error alone (no window memory): what novelty costs;
+- memory held per tracked series by the window store and by the whole pipeline (tracemalloc).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import argparse
 import json
 import time
 import tracemalloc
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -50,9 +52,10 @@ def stream(series: int, points: int, seed: int = 0) -> list[Point]:
 
 
 def events_per_second(artifact: Artifact, warm: list[Point], measured: list[Point],
-                      poll: int) -> float:
+                      poll: int, settings: PipelineSettings | None = None) -> float:
     """Score ``measured`` in polls of ``poll`` events after ``warm`` filled every window."""
-    pipeline = Pipeline(artifact, PipelineSettings(max_series=len(warm) + 1))
+    settings = replace(settings or PipelineSettings(), max_series=len(warm) + 1)
+    pipeline = Pipeline(artifact, settings)
     pipeline.process(warm, now=0.0)
     started = time.perf_counter()
     for start in range(0, len(measured), poll):
@@ -82,6 +85,8 @@ def main() -> None:
     baseline = events_per_second(lstm, warm, measured[: args.baseline_events], 1)
     batched = events_per_second(lstm, warm, measured, args.poll)
     batched_gru = events_per_second(gru, warm, measured, args.poll)
+    model_only = events_per_second(lstm, warm, measured, args.poll,
+                                   PipelineSettings(evidence="model"))
 
     messages = [json.dumps({"series": p.series, "timestamp": p.timestamp, "value": p.values[0]})
                 .encode() for p in points[:20000]]
@@ -102,6 +107,18 @@ def main() -> None:
     tracemalloc.stop()
     held = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
 
+    # Everything the pipeline holds per series once each has scored windows: window buffer,
+    # spread, window memory, two calibrators, alarm state.
+    tracked = 1000
+    state_points = stream(tracked, args.window + 8, seed=1)
+    pipeline = Pipeline(lstm, PipelineSettings(max_series=tracked))
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    pipeline.process(state_points, now=0.0)
+    after = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    per_series = sum(stat.size_diff for stat in after.compare_to(before, "filename")) / tracked
+
     print(f"stream: {args.series} series x {args.points} points, window {args.window}, "
           f"hidden {args.hidden}, poll {args.poll}, torch threads {torch.get_num_threads()}")
     print(f"baseline (one model call per event): {baseline:12,.0f} events/s   1.00x")
@@ -109,10 +126,15 @@ def main() -> None:
           f"{batched / baseline:6.2f}x")
     print(f"batched GRU                        : {batched_gru:12,.0f} events/s "
           f"{batched_gru / baseline:6.2f}x  ({batched_gru / batched:.2f}x LSTM)")
+    print(f"model error only (no memory)       : {model_only:12,.0f} events/s "
+          f"{model_only / baseline:6.2f}x  (the memory and calibration cost "
+          f"{1 - batched / model_only:.0%} of the time)")
     print(f"JSON decode only                   : {decode_rate:12,.0f} events/s "
           f"{decode_rate / batched:6.2f}x the batched pipeline")
     print(f"window store memory                : {held / 10_000:12,.0f} bytes per series "
           f"(10,000 series, window {args.window})")
+    print(f"pipeline state                     : {per_series:12,.0f} bytes per series "
+          f"({tracked:,} series scored, default memory and calibration)")
 
 
 if __name__ == "__main__":

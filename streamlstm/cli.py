@@ -99,6 +99,7 @@ def build_service(settings: config_module.Settings, registry: Any = None) -> tup
         max_series=settings.windows.max_series,
         idle_evict_s=settings.windows.idle_evict_s,
         max_gap_intervals=settings.windows.max_gap_intervals,
+        memory_windows=settings.windows.memory_windows,
     ), device=device)
     decoder = JsonDecoder(settings.decoder, artifact.feature_names)
     source = KafkaSource(settings.kafka, decoder)

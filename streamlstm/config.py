@@ -90,6 +90,8 @@ class WindowSettings:
     # Gaps up to this many sampling intervals are filled by interpolation; longer gaps
     # restart the series' window and warm-up.
     max_gap_intervals: int = 5
+    # Past windows each series remembers for novelty (16 bytes a window per feature).
+    memory_windows: int = 2048
 
 
 @dataclass(frozen=True)
@@ -142,6 +144,7 @@ _POSITIVE = {
     "model.reload_interval_s",
     "windows.stride",
     "windows.max_series",
+    "windows.memory_windows",
     "windows.idle_evict_s",
 }
 _NON_NEGATIVE = {"kafka.rewind_records", "metrics.port"}

@@ -80,16 +80,19 @@ class SeriesState:
               ) -> tuple[float | None, float]:
         """Fold one raw window ``[W, F]`` and its model error in; returns
         ``(novelty or None while the memory fills, anomaly score)``."""
-        self.memory.append(window[-1])
-        novelty = self.memory.nearest_distance(window, scale)
         log_error = math.log(max(error, 1e-12))
+        error_warm = self.error.warm
         surprise = self.error.score_one(log_error) if self.evidence != "memory" else 0.0
         self.error.learn_one(log_error)
+        if self.evidence == "model":
+            return None, min(surprise / SURPRISE_SCALE, 1.0)
+        self.memory.append(window[-1])
+        novelty = self.memory.nearest_distance(window, scale)
         if not math.isfinite(novelty):
             return None, min(surprise / SURPRISE_SCALE, 1.0)
-        if self.evidence == "both":
+        if self.evidence == "both" and error_warm:
             surprise = combined_surprise(surprise, self.novelty.score_one(novelty))
-        elif self.evidence == "memory":
+        else:  # memory alone, or a new model's error calibration is still warming up
             surprise = self.novelty.score_one(novelty)
         self.novelty.learn_one(novelty)
         return novelty, min(surprise / SURPRISE_SCALE, 1.0)
@@ -184,7 +187,7 @@ class Pipeline:
 
         Windows, spread, window memories and novelty calibration belong to the input and
         survive; each series' error calibration restarts, because a new model's errors live on
-        a different scale (until it has warmed up, novelty alone scores).
+        a different scale (until it has warmed up, novelty alone scores, uncombined).
         """
         new_scorer = Scorer(artifact, device=device)
         same_shape = (new_scorer.window == self.scorer.window
