@@ -39,9 +39,11 @@ class CalibrationSettings:
     """How evidence becomes scores and alarms; stored with the model artifact."""
 
     history: int = 1000  # recent values each calibrator ranks against, per series
+    longterm: int = 1000  # values sampled from the series' whole past (0: recent only)
+    longterm_min_rate: float = 0.05  # the sample renews at least this fraction per value
     tail_fraction: float = 0.02  # beyond this top fraction the exponential tail takes over
     warmup: int = 200  # windows a series must have been scored before it scores above 0
-    threshold: float = 0.4  # anomaly_score at or above which a window alarms (p ~ 1e-4)
+    threshold: float = 0.2  # anomaly_score at or above which a window alarms
     alarm_hold: int = 100  # after an alarm the series stays quiet for this many windows
 
     def to_dict(self) -> dict[str, Any]:
@@ -53,62 +55,113 @@ class CalibrationSettings:
         return cls(**known)
 
 
-class TailCalibrator:
-    """The surprise of a value against the recent values of the same kind, for one series."""
+class _HeldValues:
+    """A bounded set of values kept both in slots (for replacement) and sorted (for ranks)."""
 
-    def __init__(self, history: int = 1000, tail_fraction: float = 0.02,
-                 warmup: int = 200) -> None:
-        if not 0.0 < tail_fraction < 1.0:
-            raise ValueError("tail_fraction must lie in (0, 1)")
-        if warmup < 1 or history < warmup:
-            raise ValueError("need 1 <= warmup <= history")
-        self.history = history
-        self.tail_fraction = tail_fraction
-        self.warmup = warmup
-        self._ring = np.empty(history)  # arrival order, oldest at _next once full
-        self._sorted = np.empty(history)  # the same values ascending, first n_held valid
-        self._next = 0
-        self.n_held = 0
-        self.n_learnt = 0
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.slots = np.empty(size)
+        self.sorted = np.empty(size)  # ascending, the first n valid
+        self.n = 0
 
-    @property
-    def warm(self) -> bool:
-        """Whether enough values are held to score (``score_one`` returns 0 until then)."""
-        return self.n_held >= self.warmup
+    def add(self, value: float) -> None:
+        at = int(np.searchsorted(self.sorted[: self.n], value))
+        self.sorted[at + 1 : self.n + 1] = self.sorted[at : self.n].copy()
+        self.sorted[at] = value
+        self.slots[self.n] = value
+        self.n += 1
 
-    def learn_one(self, value: float) -> None:
-        """Add ``value`` to the recent history, forgetting the oldest once full."""
-        held = self._sorted[: self.n_held]
-        if self.n_held == self.history:
-            oldest = self._ring[self._next]
-            at = int(np.searchsorted(held, oldest))
-            held[at:-1] = held[at + 1 :].copy()
-            self.n_held -= 1
-            held = self._sorted[: self.n_held]
-        at = int(np.searchsorted(held, value))
-        self._sorted[at + 1 : self.n_held + 1] = held[at:].copy()
-        self._sorted[at] = value
-        self.n_held += 1
-        self._ring[self._next] = value
-        self._next = (self._next + 1) % self.history
-        self.n_learnt += 1
+    def replace(self, slot: int, value: float) -> None:
+        held = self.sorted[: self.n]
+        at = int(np.searchsorted(held, self.slots[slot]))
+        held[at:-1] = held[at + 1 :].copy()  # the old value leaves the sorted copy
+        rest = self.n - 1
+        at = int(np.searchsorted(self.sorted[:rest], value))
+        self.sorted[at + 1 : rest + 1] = self.sorted[at:rest].copy()
+        self.sorted[at] = value
+        self.slots[slot] = value
 
-    def score_one(self, value: float) -> float:
-        """``-log10 P(X >= value)`` under the recent history; 0 while warming up."""
-        n = self.n_held
-        if n < self.warmup:
-            return 0.0
-        held = self._sorted[:n]
+    def surprise(self, value: float, tail_fraction: float) -> float:
+        n = self.n
+        held = self.sorted[:n]
         # The tail is fitted on at least MIN_TAIL values, so a short history cannot claim
         # extreme rarity from two or three excesses.
-        cut = max(min(int((1.0 - self.tail_fraction) * n), n - MIN_TAIL), 0)
+        cut = max(min(int((1.0 - tail_fraction) * n), n - MIN_TAIL), 0)
         edge = held[cut]
         if value <= edge:
             at_least = n - int(np.searchsorted(held, value, side="left"))
             return -math.log10(max(at_least, 1) / n)
         mean_excess = max(float(held[cut:].mean() - edge), 1e-12)
-        log10_p = math.log10((n - cut) / n) - (value - edge) / mean_excess / math.log(10.0)
-        return -log10_p
+        return -(math.log10((n - cut) / n) - (value - edge) / mean_excess / math.log(10.0))
+
+
+class TailCalibrator:
+    """The surprise of a value against earlier values of the same kind, for one series.
+
+    Two horizons, averaged: the last ``history`` values (what the series does now) and a
+    random sample of ``longterm`` values drawn from its whole past (what it has ever done,
+    Vitter's reservoir sampling, refreshed at least at ``longterm_min_rate`` per value so a
+    sampled value is on average at most about ``longterm / longterm_min_rate`` values old).
+    The recent horizon follows a new normal quickly; the long one remembers that last week's
+    rare-but-normal event happens. ``seed`` makes the sampling, and so every score, reproducible.
+    """
+
+    def __init__(self, history: int = 1000, tail_fraction: float = 0.02, warmup: int = 200,
+                 longterm: int = 1000, longterm_min_rate: float = 0.05, seed: int = 0) -> None:
+        if not 0.0 < tail_fraction < 1.0:
+            raise ValueError("tail_fraction must lie in (0, 1)")
+        if warmup < 1 or history < warmup:
+            raise ValueError("need 1 <= warmup <= history")
+        if longterm and longterm < warmup:
+            raise ValueError("longterm must be 0 (off) or at least warmup")
+        if not 0.0 <= longterm_min_rate <= 1.0:
+            raise ValueError("longterm_min_rate must lie in [0, 1]")
+        self.history = history
+        self.tail_fraction = tail_fraction
+        self.warmup = warmup
+        self.longterm_min_rate = longterm_min_rate
+        self._recent = _HeldValues(history)
+        self._next = 0  # the recent slot to overwrite next, once full
+        self._sample = _HeldValues(longterm) if longterm else None
+        self._rng = np.random.default_rng(seed)
+        self.n_learnt = 0
+
+    @property
+    def n_held(self) -> int:
+        return self._recent.n
+
+    @property
+    def warm(self) -> bool:
+        """Whether enough values are held to score (``score_one`` returns 0 until then)."""
+        return self._recent.n >= self.warmup
+
+    def learn_one(self, value: float) -> None:
+        """Add ``value``: it replaces the oldest recent one and maybe one in the sample."""
+        value = float(value)
+        self.n_learnt += 1
+        if self._recent.n < self.history:
+            self._recent.add(value)
+        else:
+            self._recent.replace(self._next, value)
+        self._next = (self._next + 1) % self.history
+        sample = self._sample
+        if sample is None:
+            return
+        if sample.n < sample.size:
+            sample.add(value)
+            return
+        keep = max(sample.size / self.n_learnt, self.longterm_min_rate)
+        if self._rng.random() < keep:
+            sample.replace(int(self._rng.integers(sample.size)), value)
+
+    def score_one(self, value: float) -> float:
+        """``-log10 P(X >= value)``, averaged over the two horizons; 0 while warming up."""
+        if self._recent.n < self.warmup:
+            return 0.0
+        recent = self._recent.surprise(value, self.tail_fraction)
+        if self._sample is None:
+            return recent
+        return 0.5 * (recent + self._sample.surprise(value, self.tail_fraction))
 
 
 class ThresholdDetector:

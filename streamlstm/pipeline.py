@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -72,8 +73,10 @@ class SeriesState:
         self.series = series
         self.evidence = evidence
         self.memory = WindowMemory(window, n_features, memory_windows)
-        self.error = self._calibrator(calibration)
-        self.novelty = self._calibrator(calibration)
+        # Seeded by the series name, so a replay samples exactly as the daemon did.
+        self._seed = zlib.crc32(series.encode())
+        self.error = self._calibrator(calibration, self._seed)
+        self.novelty = self._calibrator(calibration, self._seed + 1)
         self.detector = ThresholdDetector(calibration.threshold, calibration.alarm_hold)
 
     def score(self, window: np.ndarray, scale: np.ndarray, error: float,
@@ -99,13 +102,14 @@ class SeriesState:
 
     def adopt(self, calibration: CalibrationSettings) -> None:
         """Serve a new model: its errors need a fresh calibrator; the rest carries over."""
-        self.error = self._calibrator(calibration)
+        self.error = self._calibrator(calibration, self._seed)
         self.detector.threshold = calibration.threshold
         self.detector.hold = calibration.alarm_hold
 
     @staticmethod
-    def _calibrator(calibration: CalibrationSettings) -> TailCalibrator:
-        return TailCalibrator(calibration.history, calibration.tail_fraction, calibration.warmup)
+    def _calibrator(calibration: CalibrationSettings, seed: int) -> TailCalibrator:
+        return TailCalibrator(calibration.history, calibration.tail_fraction, calibration.warmup,
+                              calibration.longterm, calibration.longterm_min_rate, seed)
 
 
 @dataclass

@@ -57,7 +57,7 @@ def test_the_same_rarity_means_the_same_surprise_whatever_the_noise_level() -> N
 
 
 def test_memory_is_bounded_and_forgets_the_oldest() -> None:
-    calibrator = learnt(np.full(500, 1000.0), history=100, warmup=10)
+    calibrator = learnt(np.full(500, 1000.0), history=100, warmup=10, longterm=0)
     assert calibrator.n_held == 100
     for _ in range(100):
         calibrator.learn_one(1.0)
@@ -66,16 +66,53 @@ def test_memory_is_bounded_and_forgets_the_oldest() -> None:
     assert calibrator.n_learnt == 600
 
 
-def test_sorted_copy_stays_consistent_with_arrival_order() -> None:
+def test_sorted_copies_stay_consistent_with_the_held_values() -> None:
     rng = np.random.default_rng(3)
-    values = rng.normal(size=700)
-    calibrator = learnt(values, history=250, warmup=10)
-    held = np.sort(values[-250:])
-    assert np.array_equal(calibrator._sorted[: calibrator.n_held], held)
+    values = rng.normal(size=3000)
+    calibrator = learnt(values, history=250, warmup=10, longterm=300, longterm_min_rate=0.1)
+    recent = calibrator._recent
+    assert np.array_equal(recent.sorted[: recent.n], np.sort(values[-250:]))
+    sample = calibrator._sample
+    assert sample is not None and sample.n == 300
+    assert np.array_equal(sample.sorted, np.sort(sample.slots))
+    assert set(sample.slots.tolist()) <= set(values.tolist())
+
+
+def test_the_long_horizon_remembers_rare_but_normal_values() -> None:
+    rng = np.random.default_rng(5)
+    history = rng.normal(size=5000)
+    history[rng.choice(4000, 40, replace=False)] = 10.0  # 1% spikes, then a quiet stretch
+    recent_only = learnt(history, history=1000, warmup=100, longterm=0)
+    both = learnt(history, history=1000, warmup=100, longterm=1000, seed=1)
+    # The last 1000 values hold no spike: alone they call 10.0 extreme ...
+    assert recent_only.score_one(10.0) > 6.0
+    # ... while the sample of the whole past knows it happens about once in a hundred.
+    assert both.score_one(10.0) < recent_only.score_one(10.0) - 2.0
+    assert both.score_one(0.0) == pytest.approx(recent_only.score_one(0.0), abs=0.1)
+
+
+def test_the_sample_is_uniform_over_the_past_unless_it_must_renew() -> None:
+    values = np.arange(60_000.0)
+    uniform = learnt(values, history=100, warmup=10, longterm=500, longterm_min_rate=0.0)
+    renewing = learnt(values, history=100, warmup=10, longterm=500, longterm_min_rate=0.05)
+    assert uniform._sample is not None and renewing._sample is not None
+    assert abs(uniform._sample.slots.mean() - 30_000) < 3_000
+    # Renewing at least 5% per value, a sampled value is on average about 500 / 0.05 old.
+    assert abs((60_000 - renewing._sample.slots.mean()) - 10_000) < 2_500
+
+
+def test_scores_are_reproducible_for_a_seed() -> None:
+    values = np.random.default_rng(6).exponential(size=4000)
+    a = learnt(values, seed=7)
+    b = learnt(values, seed=7)
+    probes = [0.5, 2.0, 6.0, 12.0]
+    assert [a.score_one(v) for v in probes] == [b.score_one(v) for v in probes]
 
 
 @pytest.mark.parametrize("kwargs", [{"tail_fraction": 0.0}, {"tail_fraction": 1.0},
-                                    {"history": 10, "warmup": 20}, {"warmup": 0}])
+                                    {"history": 10, "warmup": 20}, {"warmup": 0},
+                                    {"longterm": 50, "warmup": 100},
+                                    {"longterm_min_rate": 1.5}])
 def test_rejects_impossible_settings(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         TailCalibrator(**kwargs)  # type: ignore[arg-type]
