@@ -40,8 +40,10 @@ def train_model(models_dir: Path, seed: int = 0, epochs: int = 8) -> str:
     history = {f"train{i}": SeriesHistory(T0 + np.arange(600) * STEP,
                                           sine(600, phase=i, seed=seed + i)[:, None])
                for i in range(3)}
+    # Short series: a short warm-up, and a strict threshold so that what alarms in 300 events
+    # is the injected spike rather than a merely unusual window.
     settings = TrainingSettings(window=WINDOW, hidden_size=16, epochs=epochs, seed=seed,
-                                calibration=CalibrationSettings(warmup=32))
+                                calibration=CalibrationSettings(warmup=32, threshold=0.4))
     artifact = fit(history, ["value"], settings, progress=False)
     save_artifact(artifact, models_dir)
     return artifact.version
