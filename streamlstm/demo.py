@@ -47,7 +47,9 @@ def run_demo(workdir: Path, keep_running: bool = False, timeout_s: float = 600.0
     files = bundled_files()
     tables = [read_table(path) for path in files]
     models = workdir / "models"
-    if not (models / "current").is_file():
+    if not _holds_bundled_model(models):
+        # A first run, or a models directory from before this release: start from the
+        # shipped model. Afterwards whatever the user made current stays current.
         install_bundled_model(models)
 
     with TansuBroker() as kafka, InfluxDB(databases=[DATABASE]) as influx:
@@ -93,6 +95,23 @@ def run_demo(workdir: Path, keep_running: bool = False, timeout_s: float = 600.0
             if prometheus is not None:
                 prometheus.stop()
     return 0 if written > 0 else 1
+
+
+def _holds_bundled_model(models: Path) -> bool:
+    """Whether some version under ``models`` has the bundled model's weights."""
+    import json
+
+    from streamlstm.cli import BUNDLED_MODEL
+    from streamlstm.model.artifact import META_FILE
+
+    def weights_hash(meta: Path) -> str | None:
+        try:
+            return json.loads(meta.read_text()).get("weights_sha256")
+        except (OSError, ValueError):
+            return None
+
+    bundled = weights_hash(BUNDLED_MODEL / META_FILE)
+    return any(weights_hash(meta) == bundled for meta in models.glob(f"*/{META_FILE}"))
 
 
 def install_bundled_model(models: Path) -> Path:

@@ -4,6 +4,7 @@ of `replay`, `evaluate` and the demo; `train --synthetic` makes such a model."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -15,9 +16,16 @@ import torch
 from streamlstm import cli
 from streamlstm.calibration import CalibrationSettings
 from streamlstm.cli import BUNDLED_MODEL, score_labelled_files
-from streamlstm.demo import install_bundled_model
+from streamlstm.demo import _holds_bundled_model, install_bundled_model
 from streamlstm.errors import StreamlstmError
-from streamlstm.model.artifact import META_FILE, WEIGHTS_FILE, load_artifact
+from streamlstm.model.artifact import (
+    META_FILE,
+    WEIGHTS_FILE,
+    Artifact,
+    load_artifact,
+    save_artifact,
+    set_current,
+)
 from streamlstm.pipeline import PipelineSettings
 
 T0 = 1_714_564_800
@@ -140,6 +148,20 @@ def test_install_bundled_model_makes_it_the_current_model(
     # The bundled copy itself is untouched.
     assert load_artifact(BUNDLED_MODEL).version == json.loads(
         (BUNDLED_MODEL / META_FILE).read_text())["version"]
+
+
+def test_the_demo_installs_the_bundled_model_once(tmp_path: Path,
+                                                  tiny_artifact: Artifact) -> None:
+    models = tmp_path / "models"
+    assert not _holds_bundled_model(models)
+    older = dataclasses.replace(tiny_artifact)  # save_artifact sets version and path
+    save_artifact(older, models)  # an older demo model: not the bundled one
+    assert not _holds_bundled_model(models)
+    install_bundled_model(models)
+    assert _holds_bundled_model(models)
+    # Whatever the user makes current afterwards stays so: the bundled one is still held.
+    set_current(models, older.version)
+    assert _holds_bundled_model(models)
 
 
 def test_train_synthetic_writes_a_model_trained_on_that_many_series(tmp_path: Path) -> None:
