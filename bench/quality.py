@@ -21,8 +21,8 @@ import json
 from pathlib import Path
 
 from streamlstm import evaluation
-from streamlstm.calibration import CalibrationSettings, alarm_rows
-from streamlstm.cli import BUNDLED_MODEL, _expand_data, score_labelled_files
+from streamlstm.calibration import CalibrationSettings
+from streamlstm.cli import BUNDLED_MODEL, _expand_data, score_labelled_files, write_plots
 from streamlstm.model.artifact import load_artifact
 from streamlstm.pipeline import PipelineSettings
 
@@ -65,13 +65,7 @@ def main() -> None:
         if evidence == "both":
             (out / "per_file.txt").write_text(report.format_table() + "\n")
             report.write_json(out / "report.json")
-            plots = out / "plots"
-            plots.mkdir(exist_ok=True)
-            for s in series:
-                name = s.name.replace("/", "__").removesuffix(".csv") + ".png"
-                evaluation.plot_series(s, alarm_rows(s.scores, report.threshold,
-                                                     calibration.alarm_hold),
-                                       report.threshold, plots / name)
+            write_plots(series, report.threshold, calibration.alarm_hold, out / "plots")
 
     print(f"model {artifact.version}, {len(files)} files, alarm hold {calibration.alarm_hold} "
           f"windows, model threshold {calibration.threshold:g}")

@@ -12,11 +12,11 @@ excesses (peaks over threshold, as in Siffer et al., "Anomaly detection in strea
 value theory", KDD 2017). A surprise of 3 means "one window in a thousand is like this, for this
 series", whatever the series' noise level, so one threshold serves flat and noisy series alike.
 
-The recent values sit in two numpy float64 arrays (the arrival-order ring and its sorted copy,
-16 bytes a value) rather than river's ``SortedWindow`` (Python floats in a list and a deque,
-about 40 bytes a value): for two calibrators of 1000 values at 10,000 series that is 320 MB
-against 800 MB. (float32 would halve it again, but moved the NAB optimum by several points
-through ties and rounding, so the precision stays.)
+The held values sit in numpy float64 arrays (slots and a sorted copy, 16 bytes a value) rather
+than river's ``SortedWindow`` (Python floats in a list and a deque, about 40 bytes a value):
+for two calibrators of two 1000-value horizons at 10,000 series that is 640 MB against 1.6 GB.
+(float32 would halve it again, but moved the NAB optimum by several points through ties and
+rounding, so the precision stays.)
 """
 
 from __future__ import annotations

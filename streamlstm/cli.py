@@ -157,7 +157,7 @@ _TRAIN_SOURCES = {
 
 
 def _check_train_source(args: argparse.Namespace) -> str:
-    """Which history source the options name: ``files``, ``kafka`` or ``influx``.
+    """Which history source the options name: ``files``, ``kafka``, ``influx`` or ``synthetic``.
 
     argparse already demands exactly one of ``--input``, ``--kafka-topic``,
     ``--influx-query`` and ``--synthetic``; this refuses the other sources' options and reads
@@ -265,9 +265,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     artifact = load_artifact(args.model)
     series_list, rows, elapsed = score_labelled_files(
         _expand_data(args.data), labels, artifact, args.labels)
-    hold = CalibrationSettings.from_dict(artifact.calibration).alarm_hold
+    calibration = CalibrationSettings.from_dict(artifact.calibration)
+    hold, shipped = calibration.alarm_hold, calibration.threshold
     report = evaluation.evaluate(series_list, hold=hold)
-    shipped = CalibrationSettings.from_dict(artifact.calibration).threshold
     at_shipped = evaluation.evaluate(series_list, thresholds=[shipped], hold=hold)
     print(report.format_table())
     print(f"at the model's own threshold {shipped:g}: " + ", ".join(
@@ -281,17 +281,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         }
         Path(args.output).write_text(json.dumps(data, indent=2) + "\n")
     if args.plots:
-        from streamlstm.calibration import alarm_rows
-
-        plots = Path(args.plots)
-        plots.mkdir(parents=True, exist_ok=True)
-        threshold = report.threshold
-        for series in series_list:
-            name = series.name.replace("/", "__").removesuffix(".csv") + ".png"
-            evaluation.plot_series(series, alarm_rows(series.scores, threshold, hold), threshold,
-                                   plots / name)
-        print(f"plots in {plots}/")
+        write_plots(series_list, report.threshold, hold, Path(args.plots))
+        print(f"plots in {args.plots}/")
     return 0
+
+
+def write_plots(series_list: Sequence[Any], threshold: float, hold: int, directory: Path) -> None:
+    """One PNG per series, its alarms at ``threshold`` with ``hold``; used by `evaluate` and
+    ``bench/quality.py``."""
+    from streamlstm import evaluation
+    from streamlstm.calibration import alarm_rows
+
+    directory.mkdir(parents=True, exist_ok=True)
+    for series in series_list:
+        name = series.name.replace("/", "__").removesuffix(".csv") + ".png"
+        evaluation.plot_series(series, alarm_rows(series.scores, threshold, hold), threshold,
+                               directory / name)
 
 
 def score_labelled_files(files: Sequence[Path], labels: dict[str, Any], artifact: Any,
@@ -403,9 +408,9 @@ def _split(text: str | None) -> list[str] | None:
 
 
 def _iso(ts: float) -> str:
-    from datetime import UTC, datetime
+    from streamlstm.timestamps import format_timestamp
 
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return format_timestamp(ts, timespec="seconds")
 
 
 def _num(x: float) -> str:
@@ -438,9 +443,10 @@ def _parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=cmd_run)
 
     train = verbs.add_parser(
-        "train", help="train a model from history: files, a Kafka time range or InfluxDB",
+        "train", help="train a model from history: files, a Kafka time range, InfluxDB or "
+                      "generated series",
         description="Train a model from history. Give exactly one source: --input FILES, "
-                    "--kafka-topic with --from/--to, or --influx-query.")
+                    "--kafka-topic with --from/--to, --influx-query, or --synthetic N.")
     sources = train.add_mutually_exclusive_group(required=True)
     sources.add_argument("--input", nargs="+", metavar="FILE", help="CSV or Parquet files")
     sources.add_argument("--kafka-topic", metavar="TOPIC",

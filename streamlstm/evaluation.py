@@ -175,8 +175,7 @@ def detections_at(scores: npt.ArrayLike, threshold: float) -> BoolArray:
     This is the alarm rule without a hold; ``alarm_rows(scores, threshold, hold)`` (from
     `streamlstm.calibration`) is the daemon's rule with one, and equals this for ``hold = 0``.
     """
-    with np.errstate(invalid="ignore"):
-        return np.asarray(np.asarray(scores, dtype=np.float64) >= threshold, dtype=np.bool_)
+    return alarm_rows(scores, threshold)
 
 
 def probation_rows(n_rows: int) -> int:

@@ -61,6 +61,12 @@ def _show(value: object) -> str:
     return text if len(text) <= _DETAIL_CHARS else text[: _DETAIL_CHARS - 3] + "..."
 
 
+def format_timestamp(seconds: float, timespec: str = "auto") -> str:
+    """Epoch seconds as RFC 3339 UTC text with a ``Z`` (``timespec`` as ``isoformat``'s)."""
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec=timespec).replace(
+        "+00:00", "Z")
+
+
 def parse_timestamp(raw: object) -> float:
     """Epoch seconds (UTC) from RFC 3339 text or a number of s/ms/µs/ns since the epoch.
 

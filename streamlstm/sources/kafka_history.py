@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
 
 import numpy as np
 
@@ -20,6 +19,7 @@ from streamlstm.errors import SourceError
 from streamlstm.records import Point
 from streamlstm.sources.files import Table
 from streamlstm.sources.kafka import read_range
+from streamlstm.timestamps import format_timestamp
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,8 @@ def read_history(settings: KafkaSettings, decoder: JsonDecoder, start_ts: float,
     if not table.series:
         raise EmptyRangeError(
             f"kafka topic {settings.topic!r} at {settings.bootstrap_servers}: no events with "
-            f"timestamps from {_iso(start_ts)} to {_iso(end_ts)} (the end excluded)")
+            f"timestamps from {format_timestamp(start_ts)} to {format_timestamp(end_ts)} "
+            "(the end excluded)")
     return table
 
 
@@ -62,7 +63,3 @@ def table_from_points(points: Iterable[Point], feature_names: Sequence[str]) -> 
         values=np.array([p.values for p in rows], dtype=np.float64).reshape(len(rows), n),
         feature_names=list(feature_names),
     )
-
-
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
