@@ -8,6 +8,8 @@ scored causally from its first row) and prints:
   threshold the model ships with;
 - window precision, recall and F1 at the standard profile's threshold;
 - rows/s of the replay;
+- a trade-off table at fixed thresholds (``--thresholds``): scores, windows found, false
+  alarms per 10k rows;
 - an ablation in the same run: the model's reconstruction error alone, the series' window
   memory alone, and both (the default).
 It writes ``per_file.txt`` (the per-file table), ``quality.json`` and one plot per series
@@ -36,6 +38,8 @@ def main() -> None:
     parser.add_argument("--model", default=str(BUNDLED_MODEL))
     parser.add_argument("--output", default="bench-quality", help="directory for the results")
     parser.add_argument("--no-ablation", action="store_true", help="score the default only")
+    parser.add_argument("--thresholds", default="0.19,0.25,0.3,0.4",
+                        help="fixed thresholds for the trade-off table (comma-separated)")
     args = parser.parse_args()
 
     data = Path(args.data)
@@ -63,6 +67,11 @@ def main() -> None:
             "rows_per_second": round(rows / seconds),
         }
         if evidence == "both":
+            tradeoff = []
+            for threshold in (float(t) for t in args.thresholds.split(",") if t):
+                at = evaluation.evaluate(series, thresholds=[threshold],
+                                         hold=calibration.alarm_hold).profiles
+                tradeoff.append((threshold, at, at["standard"].fp / rows * 1e4))
             (out / "per_file.txt").write_text(report.format_table() + "\n")
             report.write_json(out / "report.json")
             write_plots(series, report.threshold, calibration.alarm_hold, out / "plots")
@@ -81,6 +90,14 @@ def main() -> None:
     for evidence in variants[1:]:
         ratio = results[evidence]["rows_per_second"] / base
         print(f"replay speed of {evidence} alone: {ratio:.2f}x the default")
+    print(f"\ntrade-off at fixed thresholds (default evidence, hold {calibration.alarm_hold}):")
+    print(f"{'threshold':>9} {'standard':>9} {'low FP':>7} {'low FN':>7} {'windows':>9} "
+          f"{'FP/10k rows':>12}")
+    for threshold, at, fp_rate in tradeoff:
+        std = at["standard"]
+        print(f"{threshold:9.2f} {std.score:9.1f} {at['reward_low_fp'].score:7.1f} "
+              f"{at['reward_low_fn'].score:7.1f} {std.tp:>4}/{std.tp + std.fn:<4} "
+              f"{fp_rate:12.1f}")
     (out / "quality.json").write_text(json.dumps(results, indent=2) + "\n")
     print(f"per-file table: {out / 'per_file.txt'}; plots: {out / 'plots'}/")
 
