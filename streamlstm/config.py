@@ -92,6 +92,10 @@ class WindowSettings:
     max_gap_intervals: int = 5
     # Past windows each series remembers for novelty (16 bytes a window per feature).
     memory_windows: int = 2048
+    # Each window is also compared with the same time on this many earlier seasons of this
+    # length (0 turns the comparison off). It needs season_periods seasons in memory_windows.
+    season_s: float = 86_400.0
+    season_periods: int = 7
 
 
 @dataclass(frozen=True)
@@ -145,9 +149,10 @@ _POSITIVE = {
     "windows.stride",
     "windows.max_series",
     "windows.memory_windows",
+    "windows.season_periods",
     "windows.idle_evict_s",
 }
-_NON_NEGATIVE = {"kafka.rewind_records", "metrics.port"}
+_NON_NEGATIVE = {"kafka.rewind_records", "metrics.port", "windows.season_s"}
 _NON_EMPTY = {
     "kafka.bootstrap_servers",
     "kafka.topic",

@@ -7,6 +7,11 @@ current window to its nearest past window (not centred, so a new level is new), 
 the series' spread. Windows that overlap the current one are excluded, otherwise every window
 would find itself. A lasting change becomes normal once the memory holds enough of it.
 
+The same memory answers a second question, `seasonal_distance`: how far is this window from the
+windows at the same phase of earlier periods (the same time on the previous days)? A daily
+peak that does not come, or comes at night, is not new in shape or level, so the nearest past
+window looks like it; only a comparison with the same time of day sees it.
+
 Memory is bounded: ``capacity`` past windows per series cost ``capacity + 2 window`` values
 per feature, 16 bytes each (values and running window norms: about 34 kB for the default 2048
 windows of 32).
@@ -65,4 +70,33 @@ class WindowMemory:
             dots = np.correlate(history, current, mode="valid")
             norms = self._norms[first + w - 1 : size - w, f]
             total += (norms - 2.0 * dots + current @ current) / scale[f] ** 2
+        return float(np.sqrt(max(float(total.min()), 0.0)))
+
+    def seasonal_distance(self, window: np.ndarray, scale: np.ndarray, period: int,
+                          periods: int = 7, shift: int = 0) -> float:
+        """Distance from ``window`` ``[W, F]`` to the nearest of the windows that ended
+        ``k * period`` windows ago (``k = 1..periods``, each allowed ``shift`` windows early or
+        late), per feature in units of ``scale`` ``[F]``; NaN if none of them is remembered.
+
+        Periods shorter than the window (plus the shift) are skipped, so the compared windows
+        never overlap the current one. Call it after appending the window's newest point.
+        """
+        w = self.window
+        if period <= 0 or self._offset is None:
+            return float("nan")
+        size = len(self._values)
+        first = size - self.n_held
+        newest = size - 1
+        k_first = -(-(w + shift) // period)  # the smallest k with k * period >= w + shift
+        ks = np.arange(k_first, k_first + periods)
+        ends = (newest - ks[:, None] * period + np.arange(-shift, shift + 1)).ravel()
+        ends = ends[ends - (w - 1) >= first]
+        if len(ends) == 0:
+            return float("nan")
+        total = np.zeros(len(ends))
+        for f in range(window.shape[1]):
+            current = window[:, f] - self._offset[f]
+            past = np.lib.stride_tricks.sliding_window_view(self._values[:, f], w)[ends - (w - 1)]
+            total += (self._norms[ends, f] - 2.0 * (past @ current) + current @ current
+                      ) / scale[f] ** 2
         return float(np.sqrt(max(float(total.min()), 0.0)))

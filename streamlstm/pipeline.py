@@ -1,15 +1,18 @@
 """The pure step shared by `run` and `replay`: points in, scores out. No I/O.
 
     points --WindowStore--> raw windows --SeriesScale--> normalised windows
-           --Scorer (one batch)--> reconstruction errors --+
-    raw windows --WindowMemory (per series)--> novelty ----+--TailCalibrator each--> surprise
+           --Scorer (one batch)--> reconstruction errors ---------+
+    raw windows --WindowMemory (per series)--> novelty -----------+--TailCalibrator each--> surprise
+                 +--WindowMemory--> distance to the same time on earlier days --+
     surprise / SURPRISE_SCALE = anomaly score --ThresholdDetector (alarm hold)--> Score
 
 The model's error says "this shape is unlike ordinary metric windows"; the memory's novelty
-says "this window is unlike anything this series did recently". Each is calibrated against the
-series' own history and the two tail probabilities are combined. Everything per series is
-updated in event order and the model sees each window independently, so the scores do not
-depend on how the stream was cut into polls: replaying a file gives what the daemon gave live.
+says "this window is unlike anything this series did recently"; the seasonal distance says
+"this is not what this series does at this time of day". Each is calibrated against the
+series' own history and the tail probabilities are combined (Fisher's rule). Everything per
+series is updated in event order and the model sees each window independently, so the scores
+do not depend on how the stream was cut into polls: replaying a file gives what the daemon gave
+live.
 """
 
 from __future__ import annotations
@@ -38,6 +41,14 @@ from streamlstm.windows import WindowStore
 SCALE_FADING_FACTOR = 0.001
 
 
+EVIDENCE_KINDS = ("model", "memory", "seasonal")
+# A seasonal comparison tolerates the phase being this fraction of the period early or late
+# (30 minutes for a daily season), so jitter in when a daily job runs is not an anomaly.
+SEASON_SHIFT_FRACTION = 1 / 48
+# Below this many windows a period has no phase worth comparing.
+MIN_SEASON_WINDOWS = 4
+
+
 @dataclass(frozen=True)
 class PipelineSettings:
     """Window bookkeeping for the pipeline (the window length itself comes from the model)."""
@@ -47,62 +58,113 @@ class PipelineSettings:
     idle_evict_s: float = 86_400.0
     max_gap_intervals: int = 5
     memory_windows: int = 2048  # past windows each series remembers for novelty
-    # Which evidence scores: "both", or one alone for ablation ("model" error, "memory").
-    evidence: str = "both"
+    season_s: float = 86_400.0  # the period a seasonal comparison looks back by (0: none)
+    season_periods: int = 7  # how many earlier periods it compares with
+    # Which evidence scores, "+"-joined kinds from EVIDENCE_KINDS (fewer only for ablation).
+    evidence: str = "model+memory+seasonal"
 
     def __post_init__(self) -> None:
-        if self.evidence not in ("both", "model", "memory"):
-            raise ValueError(f"evidence must be both, model or memory, not {self.evidence!r}")
+        kinds = self.evidence.split("+")
+        if not kinds or any(k not in EVIDENCE_KINDS for k in kinds) or len(set(kinds)) < len(kinds):
+            raise ValueError(f"evidence must be '+'-joined kinds from {', '.join(EVIDENCE_KINDS)}, "
+                             f"not {self.evidence!r}")
+        if self.season_s < 0 or self.season_periods < 1:
+            raise ValueError("need season_s >= 0 and season_periods >= 1")
+
+    @property
+    def evidence_kinds(self) -> frozenset[str]:
+        return frozenset(self.evidence.split("+"))
+
+    def season_windows(self, interval_s: float) -> int:
+        """The season in windows of a series sampled every ``interval_s``; 0 where it has none."""
+        if self.season_s <= 0 or interval_s <= 0:
+            return 0
+        period = round(self.season_s / (interval_s * self.stride))
+        return period if period >= MIN_SEASON_WINDOWS else 0
 
 
-def combined_surprise(first: float, second: float) -> float:
-    """Fisher's rule for two independent tail probabilities, in ``-log10`` units.
+def combined_surprise(*surprises: float) -> float:
+    """Fisher's rule for independent tail probabilities, in ``-log10`` units.
 
-    Adding surprises multiplies probabilities, and a product of two uniform probabilities is
-    at most ``x`` with probability ``x (1 - ln x)``, so the plain sum would overstate rarity.
+    Adding surprises multiplies probabilities, and a product of ``k`` uniform probabilities is
+    at most ``x`` with probability ``x * sum(i < k) (-ln x)^i / i!``, so the plain sum would
+    overstate rarity.
     """
-    total = first + second
-    return total - math.log10(1.0 + total * math.log(10.0))
+    total = sum(surprises)
+    if len(surprises) == 1:
+        return total
+    log_x = total * math.log(10.0)
+    term, tail = 1.0, 1.0
+    for i in range(1, len(surprises)):
+        term *= log_x / i
+        tail += term
+    return total - math.log10(tail)
 
 
 class SeriesState:
-    """Everything one series carries between windows besides its window buffer and spread."""
+    """Everything one series carries between windows besides its window buffer and spread.
+
+    Each kind of evidence has its own calibrator; the score combines the surprises of all
+    kinds in use, a kind still warming up counting as unsurprising (0). The exception is a
+    freshly swapped model: its errors are left out until their calibration is warm again, so
+    a reload does not mute the series.
+    """
 
     def __init__(self, series: str, window: int, n_features: int, memory_windows: int,
-                 calibration: CalibrationSettings, evidence: str = "both") -> None:
+                 calibration: CalibrationSettings,
+                 evidence: frozenset[str] = frozenset(EVIDENCE_KINDS),
+                 season_periods: int = 7) -> None:
         self.series = series
         self.evidence = evidence
+        self.season_periods = season_periods
         self.memory = WindowMemory(window, n_features, memory_windows)
         # Seeded by the series name, so a replay samples exactly as the daemon did.
         self._seed = zlib.crc32(series.encode())
         self.error = self._calibrator(calibration, self._seed)
         self.novelty = self._calibrator(calibration, self._seed + 1)
+        self.seasonal = self._calibrator(calibration, self._seed + 2)
+        self._error_rewarming = False
         self.detector = ThresholdDetector(calibration.threshold, calibration.alarm_hold)
 
-    def score(self, window: np.ndarray, scale: np.ndarray, error: float,
+    def score(self, window: np.ndarray, scale: np.ndarray, error: float, season: int = 0,
               ) -> tuple[float | None, float]:
-        """Fold one raw window ``[W, F]`` and its model error in; returns
-        ``(novelty or None while the memory fills, anomaly score)``."""
-        log_error = math.log(max(error, 1e-12))
-        error_warm = self.error.warm
-        surprise = self.error.score_one(log_error) if self.evidence != "memory" else 0.0
-        self.error.learn_one(log_error)
-        if self.evidence == "model":
-            return None, min(surprise / SURPRISE_SCALE, 1.0)
-        self.memory.append(window[-1])
-        novelty = self.memory.nearest_distance(window, scale)
-        if not math.isfinite(novelty):
-            return None, min(surprise / SURPRISE_SCALE, 1.0)
-        if self.evidence == "both" and error_warm:
-            surprise = combined_surprise(surprise, self.novelty.score_one(novelty))
-        else:  # memory alone, or a new model's error calibration is still warming up
-            surprise = self.novelty.score_one(novelty)
-        self.novelty.learn_one(novelty)
-        return novelty, min(surprise / SURPRISE_SCALE, 1.0)
+        """Fold one raw window ``[W, F]``, its model error and the series' season (in
+        windows, 0 for none) in; returns ``(novelty or None while the memory fills, score)``."""
+        surprises = []
+        if "model" in self.evidence:
+            log_error = math.log(max(error, 1e-12))
+            self._error_rewarming = self._error_rewarming and not self.error.warm
+            if not self._error_rewarming:
+                surprises.append(self.error.score_one(log_error))
+            self.error.learn_one(log_error)
+        novelty: float | None = None
+        if self.evidence - {"model"}:
+            self.memory.append(window[-1])
+        if "memory" in self.evidence:
+            distance = self.memory.nearest_distance(window, scale)
+            if math.isfinite(distance):
+                novelty = distance
+                surprises.append(self.novelty.score_one(distance))
+                self.novelty.learn_one(distance)
+            else:
+                surprises.append(0.0)
+        if "seasonal" in self.evidence:
+            distance = float("nan")
+            if season:
+                distance = self.memory.seasonal_distance(
+                    window, scale, season, self.season_periods,
+                    shift=max(1, round(season * SEASON_SHIFT_FRACTION)))
+            if math.isfinite(distance):
+                surprises.append(self.seasonal.score_one(distance))
+                self.seasonal.learn_one(distance)
+            else:
+                surprises.append(0.0)
+        return novelty, min(combined_surprise(*surprises) / SURPRISE_SCALE, 1.0)
 
     def adopt(self, calibration: CalibrationSettings) -> None:
         """Serve a new model: its errors need a fresh calibrator; the rest carries over."""
         self.error = self._calibrator(calibration, self._seed)
+        self._error_rewarming = True
         self.detector.threshold = calibration.threshold
         self.detector.hold = calibration.alarm_hold
 
@@ -165,7 +227,8 @@ class Pipeline:
                                           strict=True)):
             state = self._state(slot, series[k])
             error = float(errors[k])
-            novelty, score = state.score(ready.windows[k], scales[k], error)
+            season = self.settings.season_windows(self.store.interval(slot))
+            novelty, score = state.score(ready.windows[k], scales[k], error, season)
             flagged = state.detector.check(score)
             if warmup is not None and warmup[i]:
                 continue
@@ -229,7 +292,7 @@ class Pipeline:
             arch = self.artifact.architecture
             state = SeriesState(series, arch.window, arch.n_features,
                                 self.settings.memory_windows, self.calibration,
-                                self.settings.evidence)
+                                self.settings.evidence_kinds, self.settings.season_periods)
             self._states[slot] = state
         return state
 

@@ -144,6 +144,10 @@ class WindowStore:
             ready.windows = np.stack(windows)
         return ready
 
+    def interval(self, slot: int) -> float:
+        """The sampling interval learnt for the series in ``slot`` (0 until known)."""
+        return float(self._interval[slot])
+
     def forget(self, series: str) -> None:
         """Drop a series' state now."""
         slot = self._slots.pop(series, None)

@@ -1,4 +1,4 @@
-"""WindowMemory: the distance to the nearest non-overlapping past window of the same series."""
+"""WindowMemory: the distance to the nearest past window and to the same time in earlier days."""
 
 from __future__ import annotations
 
@@ -60,3 +60,60 @@ def test_no_distance_until_a_non_overlapping_window_exists() -> None:
         assert math.isnan(memory.nearest_distance(values[max(0, t - 3) : t + 1], np.ones(1)))
     memory.append(values[7])
     assert memory.nearest_distance(values[4:8], np.ones(1)) == 8.0  # |[4..7] - [0..3]| = 2*4
+
+
+def brute_force_seasonal(values: np.ndarray, t: int, window: int, capacity: int, period: int,
+                         periods: int, shift: int, scale: np.ndarray) -> float:
+    """Nearest of the windows ending ``k * period + d`` rows before ``t`` (``d`` in
+    ``[-shift, shift]``, the first ``periods`` values of ``k`` whose windows cannot overlap the
+    current one), among the values the memory still holds."""
+    current = values[t - window + 1 : t + 1]
+    oldest_held = max(0, t + 1 - (capacity + 2 * window - 1))
+    k_first = math.ceil((window + shift) / period)
+    distances = []
+    for k in range(k_first, k_first + periods):
+        for d in range(-shift, shift + 1):
+            e = t - k * period + d
+            if e - window + 1 >= oldest_held:
+                past = values[e - window + 1 : e + 1]
+                distances.append(float(np.sqrt((((past - current) / scale) ** 2).sum())))
+    return min(distances) if distances else math.nan
+
+
+def test_seasonal_distance_matches_a_brute_force_search() -> None:
+    rng = np.random.default_rng(1)
+    values = rng.normal(size=(400, 2)) * 2 + 5e6
+    window, capacity, scale = 5, 60, np.array([1.5, 0.7])
+    memory = WindowMemory(window=window, n_features=2, capacity=capacity)
+    checked = 0
+    for t in range(len(values)):
+        memory.append(values[t])
+        if t < window - 1:
+            continue
+        for period, periods, shift in ((7, 3, 1), (20, 2, 0), (4, 5, 2)):
+            got = memory.seasonal_distance(values[t - window + 1 : t + 1], scale, period,
+                                           periods, shift)
+            expected = brute_force_seasonal(values, t, window, capacity, period, periods, shift,
+                                            scale)
+            if math.isnan(expected):
+                assert math.isnan(got)
+            else:
+                assert abs(got - expected) < 1e-6
+                checked += 1
+    assert checked > 900
+
+
+def test_a_missing_daily_peak_is_far_from_the_same_time_yesterday_not_from_the_past() -> None:
+    day = 24
+    pattern = np.zeros(day)
+    pattern[10:14] = 5.0  # a daily peak on a flat baseline
+    values = np.tile(pattern, 10)
+    values[9 * day + 10 : 9 * day + 14] = 0.0  # on the last day the peak does not come
+    memory = WindowMemory(window=6, n_features=1, capacity=300)
+    scale = np.array([1.0])
+    for v in values[: 9 * day + 14]:
+        memory.append(np.array([v]))
+    current = values[9 * day + 8 : 9 * day + 14, None]
+    assert memory.nearest_distance(current, scale) < 1e-6  # flat windows are everywhere
+    assert memory.seasonal_distance(current, scale, day, periods=7, shift=1) > 5.0
+    assert math.isnan(memory.seasonal_distance(current, scale, 0))  # no season, no distance

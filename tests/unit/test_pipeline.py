@@ -300,11 +300,33 @@ def test_combined_surprise_of_nothing_is_nothing_and_grows_with_each_part() -> N
     assert combined_surprise(3.0, 2.0) == combined_surprise(2.0, 3.0)
 
 
-def test_unknown_evidence_is_refused() -> None:
-    with pytest.raises(ValueError, match="evidence"):
-        PipelineSettings(evidence="nope")
-    for evidence in ("both", "model", "memory"):
-        assert PipelineSettings(evidence=evidence).evidence == evidence
+def test_combined_surprise_is_fishers_rule_for_three_probabilities() -> None:
+    p1, p2, p3 = 1e-3, 0.2, 0.05
+    x = p1 * p2 * p3
+    expected = -math.log10(x * (1.0 - math.log(x) + math.log(x) ** 2 / 2))
+    got = combined_surprise(*(-math.log10(p) for p in (p1, p2, p3)))
+    assert got == pytest.approx(expected, rel=1e-12)
+    assert combined_surprise(2.5) == 2.5  # one part is its own surprise
+    # A third, uninformative part makes the same two surprises less remarkable.
+    assert combined_surprise(3.0, 2.0, 0.0) < combined_surprise(3.0, 2.0)
+
+
+def test_unknown_or_repeated_evidence_is_refused() -> None:
+    for bad in ("nope", "both", "model+model", "model+", ""):
+        with pytest.raises(ValueError, match="evidence"):
+            PipelineSettings(evidence=bad)
+    for evidence in ("model", "memory", "seasonal", "model+memory", "seasonal+model"):
+        assert PipelineSettings(evidence=evidence).evidence_kinds == set(evidence.split("+"))
+    assert PipelineSettings().evidence_kinds == {"model", "memory", "seasonal"}
+
+
+@pytest.mark.parametrize(("interval", "stride", "expected"), [
+    (300.0, 1, 288), (3600.0, 1, 24), (300.0, 2, 144), (86_400.0, 1, 0), (0.0, 1, 0),
+])
+def test_the_season_in_windows_follows_the_sampling_interval(
+        interval: float, stride: int, expected: int) -> None:
+    assert PipelineSettings(stride=stride).season_windows(interval) == expected
+    assert PipelineSettings(season_s=0).season_windows(interval) == 0
 
 
 def replay_surprises(values: Sequence[float | None], calibration: CalibrationSettings
@@ -322,11 +344,11 @@ def replay_surprises(values: Sequence[float | None], calibration: CalibrationSet
     return out
 
 
-def test_both_evidence_scores_are_the_combined_surprise_of_error_and_novelty(
+def test_model_and_memory_scores_are_the_combined_surprise_of_error_and_novelty(
         tiny_artifact: Artifact) -> None:
     n = 500
-    scores = [s for s in score_points(Pipeline(tiny_artifact), spiky_sine(n, [320, 420]))
-              if s is not None]
+    pipeline = Pipeline(tiny_artifact, PipelineSettings(evidence="model+memory"))
+    scores = [s for s in score_points(pipeline, spiky_sine(n, [320, 420])) if s is not None]
     calibration = CalibrationSettings.from_dict(tiny_artifact.calibration)
     error_s = replay_surprises([math.log(max(s.error, 1e-12)) for s in scores], calibration)
     novelty_s = replay_surprises([s.novelty for s in scores], calibration)
@@ -344,9 +366,10 @@ def test_model_evidence_does_not_depend_on_the_memory(tiny_artifact: Artifact) -
     model = score_points(Pipeline(tiny_artifact, PipelineSettings(evidence="model")), points)
     forgetful = score_points(Pipeline(tiny_artifact, PipelineSettings(
         evidence="model", memory_windows=1)), points)
-    both = score_points(Pipeline(tiny_artifact), points)
-    both_forgetful = score_points(Pipeline(tiny_artifact, PipelineSettings(memory_windows=1)),
-                                  points)
+    both = score_points(Pipeline(tiny_artifact, PipelineSettings(evidence="model+memory")),
+                        points)
+    both_forgetful = score_points(Pipeline(tiny_artifact, PipelineSettings(
+        evidence="model+memory", memory_windows=1)), points)
     # The memory's size matters to novelty (one past window against 2048) and so to the
     # combined score ...
     assert not np.allclose(as_array(both, "novelty"), as_array(both_forgetful, "novelty"),
@@ -414,7 +437,8 @@ def test_series_state_adopt_restarts_only_the_error_calibration() -> None:
 
 
 def swapped_run(artifact: Artifact, other: Artifact, points: list[Point], cut: int,
-                evidence: str = "both", swap: bool = True) -> list[Score | None]:
+                evidence: str = "model+memory+seasonal", swap: bool = True,
+                ) -> list[Score | None]:
     pipeline = Pipeline(artifact, PipelineSettings(evidence=evidence))
     out: list[Score | None] = [None] * len(points)
     for start, stop in ((0, cut), (cut, len(points))):
@@ -437,7 +461,8 @@ def test_swap_model_keeps_each_series_memory_and_restarts_error_scoring(
 
     swapped = swapped_run(tiny_artifact, other, points, 2 * cut)
     kept = swapped_run(tiny_artifact, other, points, 2 * cut, swap=False)
-    memory_only = swapped_run(tiny_artifact, other, points, 2 * cut, evidence="memory")
+    memory_only = swapped_run(tiny_artifact, other, points, 2 * cut,
+                              evidence="memory+seasonal")
 
     for name in ("a", "b"):
         mine = [(s, k, m) for s, k, m in zip(swapped[2 * cut :], kept[2 * cut :],
@@ -449,12 +474,39 @@ def test_swap_model_keeps_each_series_memory_and_restarts_error_scoring(
         # The memory carried over: novelty continues where it was, as if nothing happened.
         assert first.novelty is not None
         assert [s.novelty for s, _, _ in mine] == [k.novelty for _, k, _ in mine]
-        # The error calibration restarted: until it warms up the score is the novelty's
-        # surprise alone, exactly as a pipeline scoring with memory alone gives it.
+        # The error calibration restarted: until it warms up the score is the memory's
+        # evidence alone, exactly as a pipeline scoring without the model gives it.
         for s, _, m in mine[:warmup]:
             assert s.score == pytest.approx(m.score, abs=1e-12)
         # Without the swap the error was warm and took part in the score.
         assert any(abs(k.score - s.score) > 1e-3 for s, k, _ in mine[:warmup])
         # Once the new calibration has warmed up, the error scores again.
-        assert any(abs(s.score - combined_surprise(0.0, m.score * SURPRISE_SCALE)
-                       / SURPRISE_SCALE) > 1e-6 for s, _, m in mine[warmup:])
+        assert any(abs(s.score - m.score) > 1e-3 for s, _, m in mine[warmup:])
+
+
+def test_seasonal_evidence_catches_a_daily_peak_that_does_not_come(
+        tiny_artifact: Artifact) -> None:
+    # Minute samples and a 24-minute "day", so forty days replay in a blink.
+    day, days, missing = 24, 40, 35
+    rng = np.random.default_rng(3)
+    values = np.tile(np.where((np.arange(day) >= 10) & (np.arange(day) < 14), 3.0, 0.0), days)
+    values += 0.1 * rng.standard_normal(len(values))
+    values[missing * day + 10 : missing * day + 14] = 0.1 * rng.standard_normal(4)
+    points = to_points("daily", timestamps(len(values)), values)
+    settings = {"season_s": day * STEP}
+
+    def scores(evidence: str) -> np.ndarray:
+        pipeline = Pipeline(tiny_artifact, PipelineSettings(evidence=evidence, **settings))
+        return as_array(score_points(pipeline, points))
+
+    seasonal, memory = scores("seasonal"), scores("memory")
+    gap = slice(missing * day + 10, missing * day + 16)  # the rows where the peak should be
+    elsewhere = np.ones(len(values), dtype=bool)
+    elsewhere[: 12 * day] = False  # the calibrators' warm-up
+    elsewhere[missing * day : (missing + 1) * day] = False
+    # Only the comparison with the same time on earlier days ranks the missing peak first.
+    assert np.nanmax(seasonal[gap]) > np.nanmax(seasonal[elsewhere])
+    assert np.nanmax(memory[gap]) < np.nanmax(memory[elsewhere])
+    # Without a season (0 s) the seasonal evidence never scores.
+    off = Pipeline(tiny_artifact, PipelineSettings(evidence="seasonal", season_s=0))
+    assert np.nanmax(as_array(score_points(off, points))) == 0.0
