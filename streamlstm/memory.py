@@ -50,6 +50,12 @@ class WindowMemory:
         self._norms[-1] = norm
         self.n_held = min(self.n_held + 1, len(self._values))
 
+    def latest(self) -> np.ndarray | None:
+        """The newest ``window`` points ``[W, F]`` as appended; None until that many are held."""
+        if self.n_held < self.window or self._offset is None:
+            return None
+        return self._values[-self.window :] + self._offset
+
     def nearest_distance(self, window: np.ndarray, scale: np.ndarray) -> float:
         """Distance from ``window`` ``[W, F]`` to the nearest remembered window that does not
         overlap the last ``W`` points, per feature in units of ``scale`` ``[F]``; NaN if none.

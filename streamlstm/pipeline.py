@@ -41,12 +41,17 @@ from streamlstm.windows import WindowStore
 SCALE_FADING_FACTOR = 0.001
 
 
-EVIDENCE_KINDS = ("model", "memory", "seasonal")
+EVIDENCE_KINDS = ("model", "memory", "seasonal", "coarse")
 # A seasonal comparison tolerates the phase being this fraction of the period early or late
 # (30 minutes for a daily season), so jitter in when a daily job runs is not an anomaly.
 SEASON_SHIFT_FRACTION = 1 / 48
 # Below this many windows a period has no phase worth comparing.
 MIN_SEASON_WINDOWS = 4
+# The coarse memory holds means of this many consecutive windows' newest points, so a window
+# of W coarse points spans 8 W windows (256 for the bundled model) ...
+COARSE_BLOCK = 8
+# ... and remembers this many coarse points (4096 windows).
+COARSE_MEMORY = 512
 
 
 @dataclass(frozen=True)
@@ -61,7 +66,7 @@ class PipelineSettings:
     season_s: float = 86_400.0  # the period a seasonal comparison looks back by (0: none)
     season_periods: int = 7  # how many earlier periods it compares with
     # Which evidence scores, "+"-joined kinds from EVIDENCE_KINDS (fewer only for ablation).
-    evidence: str = "model+memory+seasonal"
+    evidence: str = "model+memory+seasonal+coarse"
 
     def __post_init__(self) -> None:
         kinds = self.evidence.split("+")
@@ -118,11 +123,14 @@ class SeriesState:
         self.evidence = evidence
         self.season_periods = season_periods
         self.memory = WindowMemory(window, n_features, memory_windows)
+        self.coarse = CoarseMemory(window, n_features, calibration, seed=zlib.crc32(
+            series.encode()) + 3) if "coarse" in evidence else None
         # Seeded by the series name, so a replay samples exactly as the daemon did.
         self._seed = zlib.crc32(series.encode())
-        self.error = self._calibrator(calibration, self._seed)
+        self.error = self._error_calibrator(calibration)
         self.novelty = self._calibrator(calibration, self._seed + 1)
-        self.seasonal = self._calibrator(calibration, self._seed + 2)
+        self.seasonal = self._calibrator(calibration, self._seed + 2,
+                                         history=calibration.seasonal_history)
         self._error_rewarming = False
         self.detector = ThresholdDetector(calibration.threshold, calibration.alarm_hold)
 
@@ -138,7 +146,7 @@ class SeriesState:
                 surprises.append(self.error.score_one(log_error))
             self.error.learn_one(log_error)
         novelty: float | None = None
-        if self.evidence - {"model"}:
+        if self.evidence & {"memory", "seasonal"}:
             self.memory.append(window[-1])
         if "memory" in self.evidence:
             distance = self.memory.nearest_distance(window, scale)
@@ -159,19 +167,69 @@ class SeriesState:
                 self.seasonal.learn_one(distance)
             else:
                 surprises.append(0.0)
+        if self.coarse is not None:
+            surprises.append(self.coarse.surprise(window[-1]))
         return novelty, min(combined_surprise(*surprises) / SURPRISE_SCALE, 1.0)
 
     def adopt(self, calibration: CalibrationSettings) -> None:
         """Serve a new model: its errors need a fresh calibrator; the rest carries over."""
-        self.error = self._calibrator(calibration, self._seed)
+        self.error = self._error_calibrator(calibration)
         self._error_rewarming = True
         self.detector.threshold = calibration.threshold
         self.detector.hold = calibration.alarm_hold
 
+    def _error_calibrator(self, calibration: CalibrationSettings) -> TailCalibrator:
+        return self._calibrator(calibration, self._seed,
+                                tail_fraction=calibration.error_tail_fraction)
+
     @staticmethod
-    def _calibrator(calibration: CalibrationSettings, seed: int) -> TailCalibrator:
-        return TailCalibrator(calibration.history, calibration.tail_fraction, calibration.warmup,
+    def _calibrator(calibration: CalibrationSettings, seed: int, history: int | None = None,
+                    tail_fraction: float | None = None) -> TailCalibrator:
+        return TailCalibrator(history or calibration.history,
+                              tail_fraction or calibration.tail_fraction, calibration.warmup,
                               calibration.longterm, calibration.longterm_min_rate, seed)
+
+
+class CoarseMemory:
+    """Novelty at a coarser resolution: the series' means over blocks of `COARSE_BLOCK`
+    windows, in a `WindowMemory` of their own, with their own spread and calibration.
+
+    A slow change (a drift, a daily swing that widens, a gradual leak) looks ordinary in every
+    window of W points but not in a window of W block means. It scores at each block's end
+    and is 0 (unsurprising) in between, so it cannot repeat one block's alarm eight times.
+    """
+
+    def __init__(self, window: int, n_features: int, calibration: CalibrationSettings,
+                 seed: int) -> None:
+        self.memory = WindowMemory(window, n_features, COARSE_MEMORY)
+        self.scale = SeriesScale(1, n_features, SCALE_FADING_FACTOR)
+        # Its points come COARSE_BLOCK times slower, so it warms up on fewer of them.
+        self.calibrator = TailCalibrator(
+            calibration.history, calibration.tail_fraction,
+            max(1, calibration.warmup // 4), calibration.longterm,
+            calibration.longterm_min_rate, seed)
+        self._block_sum = np.zeros(n_features)
+        self._block_n = 0
+
+    def surprise(self, newest: np.ndarray) -> float:
+        """Fold one window's newest point ``[F]`` in; the surprise at a block end, else 0."""
+        self._block_sum += newest
+        self._block_n += 1
+        if self._block_n < COARSE_BLOCK:
+            return 0.0
+        self.memory.append(self._block_sum / COARSE_BLOCK)
+        self._block_sum[:] = 0.0
+        self._block_n = 0
+        window = self.memory.latest()
+        if window is None:
+            return 0.0
+        _, scales = self.scale.normalise_with_scales([""], np.zeros(1, np.int64), window[None])
+        distance = self.memory.nearest_distance(window, scales[0])
+        if not math.isfinite(distance):
+            return 0.0
+        surprise = self.calibrator.score_one(distance)
+        self.calibrator.learn_one(distance)
+        return surprise
 
 
 @dataclass

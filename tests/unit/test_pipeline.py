@@ -13,6 +13,7 @@ import pytest
 from streamlstm.calibration import SURPRISE_SCALE, CalibrationSettings, TailCalibrator
 from streamlstm.model.artifact import Artifact
 from streamlstm.pipeline import (
+    COARSE_BLOCK,
     Pipeline,
     PipelineSettings,
     SeriesState,
@@ -317,7 +318,7 @@ def test_unknown_or_repeated_evidence_is_refused() -> None:
             PipelineSettings(evidence=bad)
     for evidence in ("model", "memory", "seasonal", "model+memory", "seasonal+model"):
         assert PipelineSettings(evidence=evidence).evidence_kinds == set(evidence.split("+"))
-    assert PipelineSettings().evidence_kinds == {"model", "memory", "seasonal"}
+    assert PipelineSettings().evidence_kinds == {"model", "memory", "seasonal", "coarse"}
 
 
 @pytest.mark.parametrize(("interval", "stride", "expected"), [
@@ -329,11 +330,12 @@ def test_the_season_in_windows_follows_the_sampling_interval(
     assert PipelineSettings(season_s=0).season_windows(interval) == 0
 
 
-def replay_surprises(values: Sequence[float | None], calibration: CalibrationSettings
-                     ) -> list[float | None]:
-    """What one TailCalibrator says of each value before learning it (None passes through)."""
-    calibrator = TailCalibrator(calibration.history, calibration.tail_fraction,
-                                calibration.warmup)
+def replay_surprises(values: Sequence[float | None], calibration: CalibrationSettings,
+                     errors: bool = False) -> list[float | None]:
+    """What one TailCalibrator says of each value before learning it (None passes through);
+    ``errors``: calibrated as model errors are (their own tail fraction)."""
+    tail = calibration.error_tail_fraction if errors else calibration.tail_fraction
+    calibrator = TailCalibrator(calibration.history, tail, calibration.warmup)
     out: list[float | None] = []
     for value in values:
         if value is None:
@@ -350,7 +352,8 @@ def test_model_and_memory_scores_are_the_combined_surprise_of_error_and_novelty(
     pipeline = Pipeline(tiny_artifact, PipelineSettings(evidence="model+memory"))
     scores = [s for s in score_points(pipeline, spiky_sine(n, [320, 420])) if s is not None]
     calibration = CalibrationSettings.from_dict(tiny_artifact.calibration)
-    error_s = replay_surprises([math.log(max(s.error, 1e-12)) for s in scores], calibration)
+    error_s = replay_surprises([math.log(max(s.error, 1e-12)) for s in scores], calibration,
+                               errors=True)
     novelty_s = replay_surprises([s.novelty for s in scores], calibration)
     checked = 0
     for s, e, m in zip(scores, error_s, novelty_s, strict=True):
@@ -381,7 +384,8 @@ def test_model_evidence_does_not_depend_on_the_memory(tiny_artifact: Artifact) -
     # Model-only scores are the calibrated error alone.
     calibration = CalibrationSettings.from_dict(tiny_artifact.calibration)
     scored = [s for s in model if s is not None]
-    surprises = replay_surprises([math.log(max(s.error, 1e-12)) for s in scored], calibration)
+    surprises = replay_surprises([math.log(max(s.error, 1e-12)) for s in scored], calibration,
+                                 errors=True)
     expected = [min(e / SURPRISE_SCALE, 1.0) for e in surprises if e is not None]
     np.testing.assert_allclose([s.score for s in scored], expected, rtol=0, atol=1e-12)
 
@@ -510,3 +514,22 @@ def test_seasonal_evidence_catches_a_daily_peak_that_does_not_come(
     # Without a season (0 s) the seasonal evidence never scores.
     off = Pipeline(tiny_artifact, PipelineSettings(evidence="seasonal", season_s=0))
     assert np.nanmax(as_array(score_points(off, points))) == 0.0
+
+
+def test_coarse_evidence_scores_at_block_ends_and_sees_a_slow_climb(
+        tiny_artifact: Artifact) -> None:
+    # White noise, then a climb of 0.004 a sample: about 0.06 across a 16-point window, lost
+    # in the noise (sd 1) of every window, but 1.5 noise sds across the 128 samples that 16
+    # coarse points span.
+    n, start = 4000, 3000
+    rng = np.random.default_rng(5)
+    values = rng.standard_normal(n)
+    values[start:] += 0.004 * np.arange(n - start)
+    points = to_points("climb", timestamps(n), values)
+    coarse = as_array(score_points(Pipeline(tiny_artifact, PipelineSettings(evidence="coarse")),
+                                   points))
+    scored = np.flatnonzero(np.nan_to_num(coarse) > 0)
+    assert len(scored) > 100
+    # Scored rows are block ends: whole blocks of COARSE_BLOCK windows apart.
+    assert np.all(np.diff(scored) % COARSE_BLOCK == 0)
+    assert np.nanmax(coarse[start + 500 :]) > 2 * np.nanmax(coarse[1000:start])
