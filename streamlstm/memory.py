@@ -36,6 +36,7 @@ class WindowMemory:
         self._norms = np.zeros((size, n_features))
         self._offset: np.ndarray | None = None
         self.n_held = 0
+        self._window_steps = np.arange(1 - window, 1)  # a window's rows relative to its end
 
     def append(self, values: np.ndarray) -> None:
         """Remember one more point ``[F]``."""
@@ -100,9 +101,10 @@ class WindowMemory:
         if len(ends) == 0:
             return float("nan")
         total = np.zeros(len(ends))
+        rows = ends[:, None] + self._window_steps  # [candidates, W] row indices
         for f in range(window.shape[1]):
             current = window[:, f] - self._offset[f]
-            past = np.lib.stride_tricks.sliding_window_view(self._values[:, f], w)[ends - (w - 1)]
+            past = self._values[rows, f]
             total += (self._norms[ends, f] - 2.0 * (past @ current) + current @ current
                       ) / scale[f] ** 2
         return float(np.sqrt(max(float(total.min()), 0.0)))
