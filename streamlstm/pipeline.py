@@ -310,9 +310,9 @@ class Pipeline:
     def swap_model(self, artifact: Artifact, device: str = "cpu") -> None:
         """Serve ``artifact`` from the next `process` call on.
 
-        Windows, spread, window memories and novelty calibration belong to the input and
+        Windows, spread, the memories and their calibrations belong to the input and
         survive; each series' error calibration restarts, because a new model's errors live on
-        a different scale (until it has warmed up, novelty alone scores, uncombined).
+        a different scale (until it has warmed up, the other kinds of evidence score alone).
         """
         new_scorer = Scorer(artifact, device=device)
         same_shape = (new_scorer.window == self.scorer.window
