@@ -21,7 +21,7 @@ import math
 import time
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -70,7 +70,7 @@ class PipelineSettings:
 
     def __post_init__(self) -> None:
         kinds = self.evidence.split("+")
-        if not kinds or any(k not in EVIDENCE_KINDS for k in kinds) or len(set(kinds)) < len(kinds):
+        if any(k not in EVIDENCE_KINDS for k in kinds) or len(set(kinds)) < len(kinds):
             raise ValueError(f"evidence must be '+'-joined kinds from {', '.join(EVIDENCE_KINDS)}, "
                              f"not {self.evidence!r}")
         if self.season_s < 0 or self.season_periods < 1:
@@ -123,14 +123,14 @@ class SeriesState:
         self.evidence = evidence
         self.season_periods = season_periods
         self.memory = WindowMemory(window, n_features, memory_windows)
-        self.coarse = CoarseMemory(window, n_features, calibration, seed=zlib.crc32(
-            series.encode()) + 3) if "coarse" in evidence else None
         # Seeded by the series name, so a replay samples exactly as the daemon did.
         self._seed = zlib.crc32(series.encode())
         self.error = self._error_calibrator(calibration)
-        self.novelty = self._calibrator(calibration, self._seed + 1)
-        self.seasonal = self._calibrator(calibration, self._seed + 2,
-                                         history=calibration.seasonal_history)
+        self.novelty = new_calibrator(calibration, self._seed + 1)
+        self.seasonal = new_calibrator(
+            replace(calibration, history=calibration.seasonal_history), self._seed + 2)
+        self.coarse = (CoarseMemory(window, n_features, calibration, self._seed + 3)
+                       if "coarse" in evidence else None)
         self._error_rewarming = False
         self.detector = ThresholdDetector(calibration.threshold, calibration.alarm_hold)
 
@@ -150,23 +150,15 @@ class SeriesState:
             self.memory.append(window[-1])
         if "memory" in self.evidence:
             distance = self.memory.nearest_distance(window, scale)
-            if math.isfinite(distance):
-                novelty = distance
-                surprises.append(self.novelty.score_one(distance))
-                self.novelty.learn_one(distance)
-            else:
-                surprises.append(0.0)
+            novelty = distance if math.isfinite(distance) else None
+            surprises.append(surprise_then_learn(self.novelty, distance))
         if "seasonal" in self.evidence:
             distance = float("nan")
             if season:
                 distance = self.memory.seasonal_distance(
                     window, scale, season, self.season_periods,
                     shift=max(1, round(season * SEASON_SHIFT_FRACTION)))
-            if math.isfinite(distance):
-                surprises.append(self.seasonal.score_one(distance))
-                self.seasonal.learn_one(distance)
-            else:
-                surprises.append(0.0)
+            surprises.append(surprise_then_learn(self.seasonal, distance))
         if self.coarse is not None:
             surprises.append(self.coarse.surprise(window[-1]))
         return novelty, min(combined_surprise(*surprises) / SURPRISE_SCALE, 1.0)
@@ -179,15 +171,24 @@ class SeriesState:
         self.detector.hold = calibration.alarm_hold
 
     def _error_calibrator(self, calibration: CalibrationSettings) -> TailCalibrator:
-        return self._calibrator(calibration, self._seed,
-                                tail_fraction=calibration.error_tail_fraction)
+        return new_calibrator(
+            replace(calibration, tail_fraction=calibration.error_tail_fraction), self._seed)
 
-    @staticmethod
-    def _calibrator(calibration: CalibrationSettings, seed: int, history: int | None = None,
-                    tail_fraction: float | None = None) -> TailCalibrator:
-        return TailCalibrator(history or calibration.history,
-                              tail_fraction or calibration.tail_fraction, calibration.warmup,
-                              calibration.longterm, calibration.longterm_min_rate, seed)
+
+def new_calibrator(calibration: CalibrationSettings, seed: int) -> TailCalibrator:
+    """A `TailCalibrator` with ``calibration``'s horizons, tail and warm-up."""
+    return TailCalibrator(calibration.history, calibration.tail_fraction, calibration.warmup,
+                          calibration.longterm, calibration.longterm_min_rate, seed)
+
+
+def surprise_then_learn(calibrator: TailCalibrator, value: float) -> float:
+    """``value``'s surprise before ``calibrator`` learns it; 0 (and nothing learnt) for NaN,
+    evidence that does not exist yet."""
+    if not math.isfinite(value):
+        return 0.0
+    surprise = calibrator.score_one(value)
+    calibrator.learn_one(value)
+    return surprise
 
 
 class CoarseMemory:
@@ -204,10 +205,8 @@ class CoarseMemory:
         self.memory = WindowMemory(window, n_features, COARSE_MEMORY)
         self.scale = SeriesScale(1, n_features, SCALE_FADING_FACTOR)
         # Its points come COARSE_BLOCK times slower, so it warms up on fewer of them.
-        self.calibrator = TailCalibrator(
-            calibration.history, calibration.tail_fraction,
-            max(1, calibration.warmup // 4), calibration.longterm,
-            calibration.longterm_min_rate, seed)
+        self.calibrator = new_calibrator(
+            replace(calibration, warmup=max(1, calibration.warmup // 4)), seed)
         self._block_sum = np.zeros(n_features)
         self._block_n = 0
 
@@ -224,12 +223,8 @@ class CoarseMemory:
         if window is None:
             return 0.0
         _, scales = self.scale.normalise_with_scales([""], np.zeros(1, np.int64), window[None])
-        distance = self.memory.nearest_distance(window, scales[0])
-        if not math.isfinite(distance):
-            return 0.0
-        surprise = self.calibrator.score_one(distance)
-        self.calibrator.learn_one(distance)
-        return surprise
+        return surprise_then_learn(self.calibrator,
+                                   self.memory.nearest_distance(window, scales[0]))
 
 
 @dataclass
