@@ -8,11 +8,12 @@
 
 The model's error says "this shape is unlike ordinary metric windows"; the memory's novelty
 says "this window is unlike anything this series did recently"; the seasonal distance says
-"this is not what this series does at this time of day". Each is calibrated against the
-series' own history and the tail probabilities are combined (Fisher's rule). Everything per
-series is updated in event order and the model sees each window independently, so the scores
-do not depend on how the stream was cut into polls: replaying a file gives what the daemon gave
-live.
+"this is not what this series does at this time of day"; the coarse memory says "this
+stretch, seen at a coarser resolution, is unlike any earlier one". Each is calibrated against
+the series' own history, and the tail probabilities of the kinds that have evidence at a
+window are combined (Fisher's rule). Everything per series is updated in event order and the
+model sees each window independently, so the scores do not depend on how the stream was cut
+into polls: replaying a file gives what the daemon gave live.
 """
 
 from __future__ import annotations
@@ -109,10 +110,12 @@ def combined_surprise(*surprises: float) -> float:
 class SeriesState:
     """Everything one series carries between windows besides its window buffer and spread.
 
-    Each kind of evidence has its own calibrator; the score combines the surprises of all
-    kinds in use, a kind still warming up counting as unsurprising (0). The exception is a
-    freshly swapped model: its errors are left out until their calibration is warm again, so
-    a reload does not mute the series.
+    Each kind of evidence has its own calibrator; the score combines the surprises of the
+    kinds that have evidence at this window. A kind whose calibrator is still warming up (a
+    new series, or a freshly swapped model's errors), a seasonal comparison with no earlier
+    period yet and the coarse memory between block ends are left out rather than counted as
+    unsurprising, since Fisher's rule charges for every part it combines: counting them would
+    mute a series whenever some of its evidence has not started.
     """
 
     def __init__(self, series: str, window: int, n_features: int, memory_windows: int,
@@ -131,20 +134,15 @@ class SeriesState:
             replace(calibration, history=calibration.seasonal_history), self._seed + 2)
         self.coarse = (CoarseMemory(window, n_features, calibration, self._seed + 3)
                        if "coarse" in evidence else None)
-        self._error_rewarming = False
         self.detector = ThresholdDetector(calibration.threshold, calibration.alarm_hold)
 
     def score(self, window: np.ndarray, scale: np.ndarray, error: float, season: int = 0,
               ) -> tuple[float | None, float]:
         """Fold one raw window ``[W, F]``, its model error and the series' season (in
         windows, 0 for none) in; returns ``(novelty or None while the memory fills, score)``."""
-        surprises = []
+        surprises: list[float | None] = []
         if "model" in self.evidence:
-            log_error = math.log(max(error, 1e-12))
-            self._error_rewarming = self._error_rewarming and not self.error.warm
-            if not self._error_rewarming:
-                surprises.append(self.error.score_one(log_error))
-            self.error.learn_one(log_error)
+            surprises.append(surprise_then_learn(self.error, math.log(max(error, 1e-12))))
         novelty: float | None = None
         if self.evidence & {"memory", "seasonal"}:
             self.memory.append(window[-1])
@@ -161,12 +159,14 @@ class SeriesState:
             surprises.append(surprise_then_learn(self.seasonal, distance))
         if self.coarse is not None:
             surprises.append(self.coarse.surprise(window[-1]))
-        return novelty, min(combined_surprise(*surprises) / SURPRISE_SCALE, 1.0)
+        observed = [s for s in surprises if s is not None]
+        if not observed:
+            return novelty, 0.0
+        return novelty, min(combined_surprise(*observed) / SURPRISE_SCALE, 1.0)
 
     def adopt(self, calibration: CalibrationSettings) -> None:
         """Serve a new model: its errors need a fresh calibrator; the rest carries over."""
         self.error = self._error_calibrator(calibration)
-        self._error_rewarming = True
         self.detector.threshold = calibration.threshold
         self.detector.hold = calibration.alarm_hold
 
@@ -181,12 +181,12 @@ def new_calibrator(calibration: CalibrationSettings, seed: int) -> TailCalibrato
                           calibration.longterm, calibration.longterm_min_rate, seed)
 
 
-def surprise_then_learn(calibrator: TailCalibrator, value: float) -> float:
-    """``value``'s surprise before ``calibrator`` learns it; 0 (and nothing learnt) for NaN,
-    evidence that does not exist yet."""
+def surprise_then_learn(calibrator: TailCalibrator, value: float) -> float | None:
+    """``value``'s surprise before ``calibrator`` learns it; None while the calibrator warms up
+    and for NaN (evidence that does not exist yet, which is not learnt either)."""
     if not math.isfinite(value):
-        return 0.0
-    surprise = calibrator.score_one(value)
+        return None
+    surprise = calibrator.score_one(value) if calibrator.warm else None
     calibrator.learn_one(value)
     return surprise
 
@@ -196,8 +196,8 @@ class CoarseMemory:
     windows, in a `WindowMemory` of their own, with their own spread and calibration.
 
     A slow change (a drift, a daily swing that widens, a gradual leak) looks ordinary in every
-    window of W points but not in a window of W block means. It scores at each block's end
-    and is 0 (unsurprising) in between, so it cannot repeat one block's alarm eight times.
+    window of W points but not in a window of W block means. It has evidence only at each
+    block's end (None in between), so it cannot repeat one block's alarm eight times.
     """
 
     def __init__(self, window: int, n_features: int, calibration: CalibrationSettings,
@@ -210,18 +210,18 @@ class CoarseMemory:
         self._block_sum = np.zeros(n_features)
         self._block_n = 0
 
-    def surprise(self, newest: np.ndarray) -> float:
-        """Fold one window's newest point ``[F]`` in; the surprise at a block end, else 0."""
+    def surprise(self, newest: np.ndarray) -> float | None:
+        """Fold one window's newest point ``[F]`` in; the surprise at a block end, else None."""
         self._block_sum += newest
         self._block_n += 1
         if self._block_n < COARSE_BLOCK:
-            return 0.0
+            return None
         self.memory.append(self._block_sum / COARSE_BLOCK)
         self._block_sum[:] = 0.0
         self._block_n = 0
         window = self.memory.latest()
         if window is None:
-            return 0.0
+            return None
         _, scales = self.scale.normalise_with_scales([""], np.zeros(1, np.int64), window[None])
         return surprise_then_learn(self.calibrator,
                                    self.memory.nearest_distance(window, scales[0]))

@@ -332,8 +332,9 @@ def test_the_season_in_windows_follows_the_sampling_interval(
 
 def replay_surprises(values: Sequence[float | None], calibration: CalibrationSettings,
                      errors: bool = False) -> list[float | None]:
-    """What one TailCalibrator says of each value before learning it (None passes through);
-    ``errors``: calibrated as model errors are (their own tail fraction)."""
+    """What one TailCalibrator says of each value before learning it: None for no value and
+    while it has not seen ``warmup`` values; ``errors``: calibrated as model errors are (their
+    own tail fraction)."""
     tail = calibration.error_tail_fraction if errors else calibration.tail_fraction
     calibrator = TailCalibrator(calibration.history, tail, calibration.warmup)
     out: list[float | None] = []
@@ -341,7 +342,8 @@ def replay_surprises(values: Sequence[float | None], calibration: CalibrationSet
         if value is None:
             out.append(None)
             continue
-        out.append(calibrator.score_one(value))
+        out.append(calibrator.score_one(value) if calibrator.n_learnt >= calibration.warmup
+                   else None)
         calibrator.learn_one(value)
     return out
 
@@ -355,13 +357,15 @@ def test_model_and_memory_scores_are_the_combined_surprise_of_error_and_novelty(
     error_s = replay_surprises([math.log(max(s.error, 1e-12)) for s in scores], calibration,
                                errors=True)
     novelty_s = replay_surprises([s.novelty for s in scores], calibration)
-    checked = 0
+    checked = alone = 0
     for s, e, m in zip(scores, error_s, novelty_s, strict=True):
-        assert e is not None
-        total = e if m is None else combined_surprise(e, m)
+        parts = [p for p in (e, m) if p is not None]  # a kind still warming up is left out
+        total = combined_surprise(*parts) if parts else 0.0
         assert s.score == pytest.approx(min(total / SURPRISE_SCALE, 1.0), abs=1e-12)
-        checked += m is not None and m > 0 and e > 0
+        checked += m is not None and m > 0 and e is not None and e > 0
+        alone += m is None and e is not None and e > 0
     assert checked > 50  # both parts were live for a good stretch
+    assert alone > 20  # and the error scored alone while the novelty calibrator warmed up
 
 
 def test_model_evidence_does_not_depend_on_the_memory(tiny_artifact: Artifact) -> None:
@@ -386,7 +390,7 @@ def test_model_evidence_does_not_depend_on_the_memory(tiny_artifact: Artifact) -
     scored = [s for s in model if s is not None]
     surprises = replay_surprises([math.log(max(s.error, 1e-12)) for s in scored], calibration,
                                  errors=True)
-    expected = [min(e / SURPRISE_SCALE, 1.0) for e in surprises if e is not None]
+    expected = [0.0 if e is None else min(e / SURPRISE_SCALE, 1.0) for e in surprises]
     np.testing.assert_allclose([s.score for s in scored], expected, rtol=0, atol=1e-12)
 
 
@@ -533,3 +537,18 @@ def test_coarse_evidence_scores_at_block_ends_and_sees_a_slow_climb(
     # Scored rows are block ends: whole blocks of COARSE_BLOCK windows apart.
     assert np.all(np.diff(scored) % COARSE_BLOCK == 0)
     assert np.nanmax(coarse[start + 500 :]) > 2 * np.nanmax(coarse[1000:start])
+
+
+def test_kinds_without_evidence_yet_do_not_mute_those_that_have_it(
+        tiny_artifact: Artifact) -> None:
+    # With a short warm-up the error calibration is warm long before the memory holds a
+    # non-overlapping past window, a season has passed or a coarse block is full: until then
+    # every kind but the model is left out, so the default scores exactly as the model alone.
+    quick = dataclasses.replace(tiny_artifact, calibration=dict(tiny_artifact.calibration,
+                                                                warmup=5))
+    points = spiky_sine(3 * W, [W + 10])
+    default = as_array(score_points(Pipeline(quick), points))
+    model = as_array(score_points(Pipeline(quick, PipelineSettings(evidence="model")), points))
+    early = slice(W - 1, 2 * W - 1)
+    assert np.nanmax(model[early]) > 0.1  # the spike is seen
+    np.testing.assert_array_equal(default[early], model[early])
