@@ -39,7 +39,7 @@ def main() -> None:
     parser.add_argument("--model", default=str(BUNDLED_MODEL))
     parser.add_argument("--output", default="bench-quality", help="directory for the results")
     parser.add_argument("--no-ablation", action="store_true", help="score the default only")
-    parser.add_argument("--thresholds", default="0.25,0.3,0.35,0.4",
+    parser.add_argument("--thresholds", default="0.25,0.27,0.3,0.35,0.4",
                         help="fixed thresholds for the trade-off table (comma-separated)")
     args = parser.parse_args()
 

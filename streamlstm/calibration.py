@@ -49,7 +49,7 @@ class CalibrationSettings:
     # 5-minute samples): what the same hour looked like last month matters less.
     seasonal_history: int = 800
     warmup: int = 200  # windows a series must have been scored before it scores above 0
-    threshold: float = 0.3  # anomaly_score at or above which a window alarms
+    threshold: float = 0.27  # anomaly_score at or above which a window alarms
     alarm_hold: int = 100  # after an alarm the series stays quiet for this many windows
 
     def to_dict(self) -> dict[str, Any]:
