@@ -662,3 +662,36 @@ def test_grafana_alert_rule_is_well_formed() -> None:
     assert "$labels.series" in rule["annotations"]["summary"]
     dashboard_uids = {json.loads(p.read_text())["uid"] for p in DASHBOARDS}
     assert rule["annotations"]["__dashboardUid__"] in dashboard_uids
+
+
+def test_alert_and_dashboard_thresholds_are_the_shipped_threshold() -> None:
+    # The Prometheus rule and the dashboards' threshold lines state the calibration's default
+    # threshold; a change to it must move them too.
+    from streamlstm.calibration import CalibrationSettings
+    from streamlstm.cli import BUNDLED_MODEL
+
+    shipped = CalibrationSettings().threshold
+    meta = json.loads((BUNDLED_MODEL / "meta.json").read_text())
+    assert meta["calibration"]["threshold"] == shipped
+    (alert,) = [r for g in _yaml(RULES)["groups"] for r in g["rules"]
+                if r.get("alert") == "StreamlstmAnomaly"]
+    assert re.search(r">=\s*([0-9.]+)\s*$", alert["expr"].strip()).group(1) == str(shipped)
+    assert f"threshold {shipped}" in alert["annotations"]["description"]
+    anomalies = json.loads((GRAFANA / "dashboards" / "anomalies.json").read_text())
+    score_panels = [p for p in iter_panels(anomalies)
+                    if "default alarm threshold" in p.get("description", "")]
+    assert len(score_panels) == 2
+    for panel in score_panels:
+        steps = panel["fieldConfig"]["defaults"]["thresholds"]["steps"]
+        assert steps[-1]["value"] == shipped, panel["title"]
+        assert re.search(rf"\b{re.escape(str(shipped))}\b", panel["description"]), panel["title"]
+
+
+def test_grafana_alert_fires_on_one_flagged_point() -> None:
+    # The daemon flags a burst once and then holds the series quiet for alarm_hold windows, so
+    # a condition needing several flagged points in a 10-minute window could never fire.
+    (group,) = _yaml(ALERTING)["groups"]
+    (rule,) = group["rules"]
+    (threshold,) = [d for d in rule["data"] if d["model"].get("type") == "threshold"]
+    (condition,) = threshold["model"]["conditions"]
+    assert condition["evaluator"] == {"type": "gt", "params": [0]}
