@@ -20,6 +20,8 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from streamlstm import config
+from streamlstm.calibration import CalibrationSettings
+from streamlstm.cli import BUNDLED_MODEL
 from streamlstm.metrics import Metrics
 from tests.dashboard_queries import (
     iter_panels,
@@ -667,9 +669,6 @@ def test_grafana_alert_rule_is_well_formed() -> None:
 def test_alert_and_dashboard_thresholds_are_the_shipped_threshold() -> None:
     # The Prometheus rule and the dashboards' threshold lines state the calibration's default
     # threshold; a change to it must move them too.
-    from streamlstm.calibration import CalibrationSettings
-    from streamlstm.cli import BUNDLED_MODEL
-
     shipped = CalibrationSettings().threshold
     meta = json.loads((BUNDLED_MODEL / "meta.json").read_text())
     assert meta["calibration"]["threshold"] == shipped

@@ -19,6 +19,16 @@ def brute_force(values: np.ndarray, t: int, window: int, capacity: int,
     return min(distances) if distances else math.nan
 
 
+def same_distance(got: float, expected: float) -> int:
+    """Assert ``got`` is the brute-force ``expected`` (both NaN when there is none); 1 where a
+    distance was compared, 0 where both were NaN."""
+    if math.isnan(expected):
+        assert math.isnan(got)
+        return 0
+    assert abs(got - expected) < 1e-6
+    return 1
+
+
 def test_matches_a_brute_force_search_at_a_large_level() -> None:
     rng = np.random.default_rng(0)
     values = rng.normal(size=(260, 2)) * 3 + 1e7  # a large offset must not eat the precision
@@ -30,12 +40,7 @@ def test_matches_a_brute_force_search_at_a_large_level() -> None:
         if t < 5:
             continue
         got = memory.nearest_distance(values[t - 5 : t + 1], scale)
-        expected = brute_force(values, t, 6, 40, scale)
-        if math.isnan(expected):
-            assert math.isnan(got)
-        else:
-            assert abs(got - expected) < 1e-6
-            checked += 1
+        checked += same_distance(got, brute_force(values, t, 6, 40, scale))
     assert checked > 200
 
 
@@ -93,13 +98,8 @@ def test_seasonal_distance_matches_a_brute_force_search() -> None:
         for period, periods, shift in ((7, 3, 1), (20, 2, 0), (4, 5, 2)):
             got = memory.seasonal_distance(values[t - window + 1 : t + 1], scale, period,
                                            periods, shift)
-            expected = brute_force_seasonal(values, t, window, capacity, period, periods, shift,
-                                            scale)
-            if math.isnan(expected):
-                assert math.isnan(got)
-            else:
-                assert abs(got - expected) < 1e-6
-                checked += 1
+            checked += same_distance(got, brute_force_seasonal(
+                values, t, window, capacity, period, periods, shift, scale))
     assert checked > 900
 
 

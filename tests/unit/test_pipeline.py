@@ -342,8 +342,7 @@ def replay_surprises(values: Sequence[float | None], calibration: CalibrationSet
         if value is None:
             out.append(None)
             continue
-        out.append(calibrator.score_one(value) if calibrator.n_learnt >= calibration.warmup
-                   else None)
+        out.append(calibrator.score_one(value) if calibrator.warm else None)
         calibrator.learn_one(value)
     return out
 
