@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from streamlstm import config as config_module
-from streamlstm.calibration import CalibrationSettings
+from streamlstm.core.calibration import CalibrationSettings
 from streamlstm.errors import ConfigError, StreamlstmError
 
 # Pretrained on generated series only (`streamlstm train --synthetic 150 ...`, see
@@ -74,23 +74,23 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def build_service(settings: config_module.Settings, registry: Any = None) -> tuple[Any, Any]:
     """Wire the daemon from settings: returns ``(Service, MetricsServer)`` (not started)."""
+    import torch
     from prometheus_client import CollectorRegistry
 
+    from streamlstm.core.pipeline import Pipeline, PipelineSettings
+    from streamlstm.core.scoring import resolve_device
     from streamlstm.decoding import JsonDecoder
     from streamlstm.metrics import Metrics, MetricsServer
     from streamlstm.model.artifact import load_artifact
-    from streamlstm.pipeline import Pipeline, PipelineSettings
-    from streamlstm.scoring import resolve_device
     from streamlstm.service import Service, ServiceSettings
     from streamlstm.sinks.influx import InfluxSink
     from streamlstm.sources.kafka import KafkaSource
 
     device = resolve_device(settings.model.device)
-    if device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise ConfigError("model.device", "cpu or auto (no CUDA device is available)", "cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("model.device", "cpu or auto (no CUDA device is available)", "cuda")
+    if settings.model.threads:
+        torch.set_num_threads(settings.model.threads)
     artifact = load_artifact(settings.model.path)
     registry = registry if registry is not None else CollectorRegistry()
     metrics = Metrics(registry, per_series_labels=settings.metrics.per_series_labels)
@@ -223,8 +223,8 @@ def _training_table(args: argparse.Namespace, source: str, features: list[str] |
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    from streamlstm.core.pipeline import Pipeline, PipelineSettings, score_points
     from streamlstm.model.artifact import load_artifact
-    from streamlstm.pipeline import Pipeline, PipelineSettings, score_points
     from streamlstm.sources.files import read_table
 
     artifact = load_artifact(args.model)
@@ -292,7 +292,7 @@ def write_plots(series_list: Sequence[Any], threshold: float, hold: int, directo
     """One PNG per series, its alarms at ``threshold`` with ``hold``; used by `evaluate` and
     ``bench/quality.py``."""
     from streamlstm import evaluation
-    from streamlstm.calibration import alarm_rows
+    from streamlstm.core.calibration import alarm_rows
 
     directory.mkdir(parents=True, exist_ok=True)
     for series in series_list:
@@ -304,35 +304,49 @@ def write_plots(series_list: Sequence[Any], threshold: float, hold: int, directo
 def score_labelled_files(files: Sequence[Path], labels: dict[str, Any], artifact: Any,
                          labels_name: str = "the labels",
                          settings: Any = None) -> tuple[list[Any], int, float]:
-    """Replay each labelled file through its own pipeline (each file is a series never seen).
+    """Replay the labelled files, each a series never seen, named by its label key.
 
-    Returns ``(ScoredSeries list, rows, seconds)``; used by `evaluate` and ``bench/quality.py``.
+    The files are replayed side by side through one pipeline (series are independent, so each
+    scores as it would alone, but a poll holds windows of many of them). Returns
+    ``(ScoredSeries list, rows, seconds)``; used by `evaluate` and ``bench/quality.py``.
     """
+    import dataclasses
+
     import numpy as np
 
     from streamlstm import evaluation
-    from streamlstm.pipeline import Pipeline, PipelineSettings, score_points
+    from streamlstm.core.pipeline import Pipeline, PipelineSettings, score_points
+    from streamlstm.core.records import Point
     from streamlstm.sources.files import read_table
 
-    series_list = []
     started = time.perf_counter()
-    rows = 0
+    tables = []
     for path in files:
         key = _label_key(path, labels)
         if key is None:
             raise StreamlstmError(f"{path}: not listed in {labels_name}")
-        table = read_table(path)
-        pipeline = Pipeline(artifact, settings or PipelineSettings(stride=1))
-        scores = score_points(pipeline, table.points())
-        series_list.append(evaluation.ScoredSeries(
-            name=key,
-            timestamps=table.timestamps,
-            values=table.values[:, 0],
-            scores=np.array([s.score if s else 0.0 for s in scores]),
-            windows=labels[key],
-        ))
-        rows += len(scores)
-    return series_list, rows, time.perf_counter() - started
+        tables.append((key, read_table(path)))
+    settings = settings or PipelineSettings(stride=1)
+    settings = dataclasses.replace(settings, max_series=max(settings.max_series, len(tables)))
+    streams = [[Point(key, t, tuple(v)) for t, v in zip(table.timestamps.tolist(),
+                                                       table.values.tolist(), strict=True)]
+               for key, table in tables]
+    # Row k of every file, then row k + 1: the interleaving a broker gives many series.
+    order = sorted(((k, i) for i, stream in enumerate(streams) for k in range(len(stream))))
+    points = [streams[i][k] for k, i in order]
+    scores = score_points(Pipeline(artifact, settings), points)
+    per_file: list[list[float]] = [[0.0] * len(stream) for stream in streams]
+    for (k, i), score in zip(order, scores, strict=True):
+        if score is not None:
+            per_file[i][k] = score.score
+    series_list = [evaluation.ScoredSeries(
+        name=key,
+        timestamps=table.timestamps,
+        values=table.values[:, 0],
+        scores=np.array(file_scores),
+        windows=labels[key],
+    ) for (key, table), file_scores in zip(tables, per_file, strict=True)]
+    return series_list, len(points), time.perf_counter() - started
 
 
 def _expand_data(paths: Sequence[str]) -> list[Path]:
@@ -410,7 +424,7 @@ def _split(text: str | None) -> list[str] | None:
 
 
 def _iso(ts: float) -> str:
-    from streamlstm.timestamps import format_timestamp
+    from streamlstm.core.timestamps import format_timestamp
 
     return format_timestamp(ts, timespec="seconds")
 

@@ -8,7 +8,7 @@ A message is one JSON object::
 Field names come from :class:`~streamlstm.config.DecoderSettings`. A message that cannot be
 decoded raises :class:`~streamlstm.errors.DecodeError` whose ``reason`` is one of
 :data:`REASONS`; callers count it, log it (see :class:`RateLimitedLog`) and dead-letter it.
-Timestamps follow :mod:`streamlstm.timestamps`, the rules the file readers use too
+Timestamps follow :mod:`streamlstm.core.timestamps`, the rules the file readers use too
 (:func:`parse_timestamp` stays importable from here).
 """
 
@@ -22,11 +22,11 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from streamlstm.config import DecoderSettings
+from streamlstm.core.records import Point
+from streamlstm.core.timestamps import BAD_TIMESTAMP, parse_timestamp
+from streamlstm.core.timestamps import MAX_TIMESTAMP as MAX_TIMESTAMP
+from streamlstm.core.timestamps import MIN_TIMESTAMP as MIN_TIMESTAMP
 from streamlstm.errors import DecodeError
-from streamlstm.records import Point
-from streamlstm.timestamps import BAD_TIMESTAMP, parse_timestamp
-from streamlstm.timestamps import MAX_TIMESTAMP as MAX_TIMESTAMP
-from streamlstm.timestamps import MIN_TIMESTAMP as MIN_TIMESTAMP
 
 INVALID_JSON = "invalid_json"
 NOT_AN_OBJECT = "not_an_object"

@@ -6,7 +6,8 @@ their published description, with window precision/recall/F1 and plots alongside
 The rules, for one file of ``n`` rows with labelled windows (each a run of consecutive rows):
 
 * A *detection* is a row whose ``anomaly_score >= threshold`` and with no detection in the
-  previous ``hold`` rows (the daemon's alarm hold: `streamlstm.calibration.alarm_rows`, which is
+  previous ``hold`` rows (the daemon's alarm hold: `streamlstm.core.calibration.alarm_rows`,
+  which is
   what ``evaluate`` scores; with ``hold = 0`` it is every row at or above the threshold,
   ``detections_at``). A held row is no detection and does not extend the hold. The hold runs
   through probation too: an alarm there is not scored, but it still silences the rows after it,
@@ -62,7 +63,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from streamlstm.calibration import alarm_rows
+from streamlstm.core.calibration import alarm_rows
 
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
@@ -173,7 +174,7 @@ def detections_at(scores: npt.ArrayLike, threshold: float) -> BoolArray:
     """NAB's detections: rows whose ``anomaly_score >= threshold`` (NaN is never a detection).
 
     This is the alarm rule without a hold; ``alarm_rows(scores, threshold, hold)`` (from
-    `streamlstm.calibration`) is the daemon's rule with one, and equals this for ``hold = 0``.
+    `streamlstm.core.calibration`) is the daemon's rule with one, and equals this for ``hold = 0``.
     """
     return alarm_rows(scores, threshold)
 

@@ -21,11 +21,11 @@ from typing import Protocol
 
 import numpy as np
 
+from streamlstm.core.pipeline import Pipeline
+from streamlstm.core.records import Rejected, Score, SourceRecord
 from streamlstm.errors import ArtifactError, SinkError, SourceError, StreamlstmError
 from streamlstm.metrics import Metrics
 from streamlstm.model.artifact import Artifact, load_artifact, resolve_model_dir
-from streamlstm.pipeline import Pipeline
-from streamlstm.records import Rejected, Score, SourceRecord
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,7 @@ class ServiceSettings:
     retry_initial_s: float = 0.5
     retry_max_s: float = 30.0
     stall_after_s: float = 120.0  # /healthz fails when the loop has not turned for this long
+    lag_interval_s: float = 5.0  # how often the consumer lag (a broker round trip) is read
 
 
 @dataclass
@@ -90,6 +91,7 @@ class Service:
         self._state = _Readiness()
         self._model_dir = pipeline.artifact.path
         self._next_reload_check = 0.0
+        self._next_lag_check = 0.0
         self._publish_model(pipeline.artifact)
 
     # ---- control, callable from signal handlers and other threads ----
@@ -252,7 +254,7 @@ class Service:
                                 "restart the daemon to change the window length")
         probe = np.random.default_rng(0).standard_normal(
             (8, new.window, new.n_features)).astype(np.float32)
-        from streamlstm.scoring import Scorer
+        from streamlstm.core.scoring import Scorer
 
         errors = Scorer(artifact, device=self.settings.device).errors(probe)
         if not np.isfinite(errors).all():
@@ -272,7 +274,11 @@ class Service:
         self.metrics.ready.set(1 if ok else 0)
 
     def _update_gauges(self) -> None:
-        self.metrics.series_tracked.set(len(self.pipeline.store))
+        self.metrics.series_tracked.set(len(self.pipeline.registry))
+        now = time.monotonic()
+        if now < self._next_lag_check:
+            return
+        self._next_lag_check = now + self.settings.lag_interval_s
         try:
             lag = self.source.lag()
         except SourceError as exc:

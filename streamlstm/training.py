@@ -1,10 +1,10 @@
 """Offline training: history in, a model artifact out. No I/O beyond an optional progress bar.
 
-History goes through the same `WindowStore` and `SeriesScale` as the live stream, so training
+History goes through the same `Router` and `Spread` as the live stream, so training
 windows are cut, gap-filled and normalised exactly as the daemon will see them. Each series is
 split by time (the last ``validation_fraction`` validates, no look-ahead); training stops when
 the validation loss stops improving. Calibration settings travel with the artifact; the
-calibration itself is learnt per series online (`streamlstm.calibration`).
+calibration itself is learnt per series online (`streamlstm.core.calibration`).
 """
 
 from __future__ import annotations
@@ -21,14 +21,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from streamlstm.calibration import CalibrationSettings
+from streamlstm.core.calibration import CalibrationSettings
+from streamlstm.core.evidence import SCALE_FADING_FACTOR
+from streamlstm.core.scoring import Spread, centre, reconstruction_error, resolve_device
+from streamlstm.core.state import SeriesRegistry
+from streamlstm.core.windows import Router
 from streamlstm.errors import StreamlstmError
 from streamlstm.model.artifact import Artifact
 from streamlstm.model.lstm_ae import Architecture, LSTMAutoencoder
-from streamlstm.pipeline import SCALE_FADING_FACTOR
-from streamlstm.records import Point
-from streamlstm.scoring import SeriesScale, reconstruction_error, resolve_device
-from streamlstm.windows import WindowStore
 
 log = logging.getLogger(__name__)
 
@@ -178,18 +178,12 @@ def _windows(history: Mapping[str, SeriesHistory], n_features: int, settings: Tr
             continue
         first = min(first, float(series.timestamps[0]))
         last = max(last, float(series.timestamps[-1]))
-        store = WindowStore(settings.window, n_features, stride=settings.stride, max_series=1,
-                            max_gap_intervals=settings.max_gap_intervals)
-        points = [Point(name, float(t), tuple(v)) for t, v in zip(series.timestamps.tolist(),
-                                                                    values.tolist(), strict=True)]
-        ready = store.append(points, now=0.0)
-        if len(ready.index) == 0:
+        ends, normalised, scale = _normalised_windows(series.timestamps, values, settings)
+        if len(ends) == 0:
             continue
-        scale = SeriesScale(1, n_features, SCALE_FADING_FACTOR)
-        normalised = scale.normalise([name] * len(ready.index), ready.slots, ready.windows)
-        series_scale[name] = scale.scale_of(0).tolist()
-        split_at = series.timestamps[int(len(points) * (1 - settings.validation_fraction))]
-        ends = series.timestamps[ready.index]
+        series_scale[name] = scale.tolist()
+        split_at = series.timestamps[int(len(values) * (1 - settings.validation_fraction))]
+        ends = series.timestamps[ends]
         # A validation window must not contain training-period points, nor the reverse.
         train_parts.append(normalised[ends < split_at])
         val_first = np.searchsorted(ends, split_at) + settings.window - 1
@@ -201,6 +195,30 @@ def _windows(history: Mapping[str, SeriesHistory], n_features: int, settings: Tr
         "last_timestamp": last if math.isfinite(last) else None,
     }
     return train_parts, val_parts, series_scale, summary
+
+
+def _normalised_windows(timestamps: np.ndarray, values: np.ndarray, settings: TrainingSettings,
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One series' windows as the daemon cuts and normalises them: the row each ends at, the
+    windows ``[n, W, F]`` (float32) and the series' spread after the last one."""
+    registry = SeriesRegistry(1)
+    n_features = values.shape[1]
+    router = Router(registry, settings.window, n_features, settings.stride,
+                    settings.max_gap_intervals)
+    spread = Spread(registry, "spread", n_features, SCALE_FADING_FACTOR)
+    slots = registry.lookup(["history"], 0.0).slots.repeat(len(values))
+    pushes = router.route(slots, np.asarray(timestamps, np.float64), values)
+    ready = np.flatnonzero(pushes.ready)
+    if len(ready) == 0:
+        return ready, np.empty((0, settings.window, n_features), np.float32), spread.scale_of(0)
+    view = np.lib.stride_tricks.sliding_window_view(pushes.values, settings.window, axis=0)
+    centred = centre(view[ready - settings.window + 1].transpose(0, 2, 1))
+    window_var = centred.var(axis=1)
+    scales = np.empty_like(window_var)
+    for k in range(len(ready)):  # the spread is a recursion over one series' windows
+        scales[k] = spread.update(slots[:1], window_var[k : k + 1])[0]
+    normalised = (centred / scales[:, None, :]).astype(np.float32)
+    return pushes.point[ready], normalised, spread.scale_of(0)
 
 
 def _errors(model: LSTMAutoencoder, windows: torch.Tensor, batch: int = 8192) -> torch.Tensor:

@@ -25,8 +25,8 @@ from influxdb_client.client.write_api import SYNCHRONOUS
 from influxdb_client.rest import ApiException
 
 from streamlstm.config import InfluxSettings
+from streamlstm.core.records import Score
 from streamlstm.errors import ConfigError, SinkError
-from streamlstm.records import Score
 
 log = logging.getLogger(__name__)
 

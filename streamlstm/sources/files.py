@@ -7,7 +7,8 @@ Accepted layouts:
   columns named by ``features``.
 
 Timestamps are ISO 8601 / RFC 3339 strings (naive means UTC) or epoch seconds, milliseconds,
-microseconds or nanoseconds, by the same rules as Kafka messages (:mod:`streamlstm.timestamps`).
+microseconds or nanoseconds, by the same rules as Kafka messages
+(:mod:`streamlstm.core.timestamps`).
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from streamlstm import timestamps
+from streamlstm.core import timestamps
+from streamlstm.core.records import Point
 from streamlstm.errors import StreamlstmError
-from streamlstm.records import Point
 from streamlstm.training import SeriesHistory
 
 TIMESTAMP_COLUMN = "timestamp"
@@ -108,7 +109,8 @@ def read_tables(paths: Sequence[str | Path], features: Sequence[str] | None = No
 
 
 def parse_timestamps(raw: Sequence[object] | np.ndarray, where: str = "input") -> np.ndarray:
-    """Timestamps -> float64 epoch seconds (UTC), by :func:`streamlstm.timestamps.parse_timestamps`.
+    """Timestamps -> float64 epoch seconds (UTC), by
+    :func:`streamlstm.core.timestamps.parse_timestamps`.
 
     The rules are the Kafka decoder's: RFC 3339 / ISO text (naive means UTC) or epoch
     s/ms/µs/ns told apart by magnitude, between 1970 and 2262.

@@ -46,9 +46,9 @@ from kafka.errors import (
 )
 
 from streamlstm.config import KafkaSettings
+from streamlstm.core.records import Point, Rejected, SourceRecord
 from streamlstm.decoding import JsonDecoder, RateLimitedLog
 from streamlstm.errors import DecodeError, SourceError
-from streamlstm.records import Point, Rejected, SourceRecord
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,20 @@ def client_config(settings: KafkaSettings) -> dict[str, Any]:
     return config
 
 
+def consumer_config(settings: KafkaSettings) -> dict[str, Any]:
+    """Everything the daemon's group consumer is built with (offsets are committed by hand)."""
+    return {
+        **client_config(settings),
+        "group_id": settings.group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": settings.auto_offset_reset,
+        "session_timeout_ms": settings.session_timeout_ms,
+        "heartbeat_interval_ms": settings.heartbeat_interval_ms,
+        "max_poll_interval_ms": settings.max_poll_interval_ms,
+        "max_poll_records": settings.max_poll_records,
+    }
+
+
 def _source_error(what: str, settings: KafkaSettings, exc: BaseException) -> SourceError:
     return SourceError(f"kafka at {settings.bootstrap_servers}: {what} failed: {exc}")
 
@@ -133,16 +147,7 @@ class KafkaSource:
         self._warmup_until: dict[int, int] = {}
         self._paused = False
         try:
-            self._consumer = KafkaConsumer(
-                **client_config(settings),
-                group_id=settings.group_id,
-                enable_auto_commit=False,
-                auto_offset_reset=settings.auto_offset_reset,
-                session_timeout_ms=settings.session_timeout_ms,
-                heartbeat_interval_ms=settings.heartbeat_interval_ms,
-                max_poll_interval_ms=settings.max_poll_interval_ms,
-                max_poll_records=settings.max_poll_records,
-            )
+            self._consumer = KafkaConsumer(**consumer_config(settings))
             self._consumer.subscribe([settings.topic], listener=_Listener(self))
         except KafkaError as exc:
             raise _source_error("connecting the consumer", settings, exc) from exc

@@ -14,12 +14,12 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from streamlstm.config import KafkaSettings
+from streamlstm.core.records import Point
+from streamlstm.core.timestamps import format_timestamp
 from streamlstm.decoding import JsonDecoder
 from streamlstm.errors import SourceError
-from streamlstm.records import Point
 from streamlstm.sources.files import Table
 from streamlstm.sources.kafka import read_range
-from streamlstm.timestamps import format_timestamp
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from kafka import KafkaProducer
 from prometheus_client import CollectorRegistry
 
 from streamlstm import config
-from streamlstm.calibration import CalibrationSettings
 from streamlstm.cli import build_service
+from streamlstm.core.calibration import CalibrationSettings
 from streamlstm.model.artifact import save_artifact
 from streamlstm.training import SeriesHistory, TrainingSettings, fit
 

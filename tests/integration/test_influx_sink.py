@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from streamlstm.config import InfluxSettings
+from streamlstm.core.records import Score
 from streamlstm.devstack import free_port
 from streamlstm.errors import ConfigError, SinkError
-from streamlstm.records import Score
 from streamlstm.sinks.influx import InfluxSink, InfluxWriteError, escape_tag, to_lines
 
 DB = "streamlstm"

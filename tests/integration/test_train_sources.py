@@ -20,9 +20,9 @@ from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 
 from streamlstm import cli
+from streamlstm.core.records import Point
 from streamlstm.devstack import InfluxDB
 from streamlstm.model.artifact import load_artifact
-from streamlstm.records import Point
 from streamlstm.sources.kafka import produce_points
 
 T0 = 1_714_564_800.0  # 2024-05-01T12:00:00Z

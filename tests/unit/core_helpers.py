@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from streamlstm.records import Point
+from streamlstm.core.records import Point
 from streamlstm.training import SeriesHistory, TrainingSettings
 
 T0 = 1_600_000_000.0

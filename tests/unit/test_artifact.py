@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from streamlstm.core.scoring import Scorer
 from streamlstm.errors import ArtifactError
 from streamlstm.model import artifact as artifact_module
 from streamlstm.model.artifact import (
@@ -28,7 +29,6 @@ from streamlstm.model.artifact import (
     save_artifact,
     set_current,
 )
-from streamlstm.scoring import Scorer
 from tests.unit.core_helpers import TINY_WINDOW
 
 MakeArtifact = Callable[[], Artifact]

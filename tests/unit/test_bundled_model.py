@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from streamlstm import cli
-from streamlstm.calibration import CalibrationSettings
 from streamlstm.cli import BUNDLED_MODEL, score_labelled_files
+from streamlstm.core.calibration import CalibrationSettings
+from streamlstm.core.pipeline import PipelineSettings
 from streamlstm.demo import _holds_bundled_model, install_bundled_model
 from streamlstm.errors import StreamlstmError
 from streamlstm.model.artifact import (
@@ -26,7 +27,6 @@ from streamlstm.model.artifact import (
     save_artifact,
     set_current,
 )
-from streamlstm.pipeline import PipelineSettings
 
 T0 = 1_714_564_800
 

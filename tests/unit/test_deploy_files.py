@@ -20,8 +20,8 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from streamlstm import config
-from streamlstm.calibration import CalibrationSettings
 from streamlstm.cli import BUNDLED_MODEL
+from streamlstm.core.calibration import CalibrationSettings
 from streamlstm.metrics import Metrics
 from tests.dashboard_queries import (
     iter_panels,

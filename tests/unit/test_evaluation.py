@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from streamlstm import evaluation
-from streamlstm.calibration import alarm_rows
+from streamlstm.core.calibration import alarm_rows
 from streamlstm.evaluation import (
     NEVER_FIRE,
     PROFILES,

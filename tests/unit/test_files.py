@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from streamlstm.records import Point
+from streamlstm.core.records import Point
 from streamlstm.sources.files import InputFileError, parse_timestamps, read_table, read_tables
 
 NAB_FILE = Path("/work/shared/nab-dev/data/realKnownCause/ec2_request_latency_system_failure.csv")

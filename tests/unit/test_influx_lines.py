@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from streamlstm.records import Score
+from streamlstm.core.records import Score
 from streamlstm.sinks.influx import to_lines
 
 T0 = 1_714_564_800.0

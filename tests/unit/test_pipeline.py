@@ -1,5 +1,5 @@
 """Pipeline: causal, batch-independent, deterministic, warm-up, spikes, series independence,
-the evidence combination, ablation settings and what a model swap keeps."""
+the evidence combination, ablation settings, what a model swap keeps, snapshot and restore."""
 
 from __future__ import annotations
 
@@ -10,17 +10,18 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from streamlstm.calibration import SURPRISE_SCALE, CalibrationSettings, TailCalibrator
-from streamlstm.model.artifact import Artifact
-from streamlstm.pipeline import (
-    COARSE_BLOCK,
-    Pipeline,
-    PipelineSettings,
-    SeriesState,
+from streamlstm.core.calibration import (
+    SURPRISE_SCALE,
+    CalibrationSettings,
+    CalibratorBank,
     combined_surprise,
-    score_points,
+    kind_calibration,
 )
-from streamlstm.records import Point, Score
+from streamlstm.core.evidence import COARSE_BLOCK
+from streamlstm.core.pipeline import Pipeline, PipelineSettings, StateSnapshot, score_points
+from streamlstm.core.records import Point, Score
+from streamlstm.core.state import SeriesRegistry
+from streamlstm.model.artifact import Artifact
 from streamlstm.training import fit
 from tests.unit.core_helpers import (
     STEP,
@@ -99,9 +100,10 @@ def test_scores_of_a_prefix_do_not_change_when_rows_are_appended(
     full = score_points(Pipeline(tiny_artifact), points)
     for cut in (50, 451, 700):
         prefix = score_points(Pipeline(tiny_artifact), points[:cut])
-        np.testing.assert_allclose(as_array(prefix), as_array(full[:cut]), rtol=0, atol=1e-6)
+        # A float32 matmul rounds a row by where it sits in the batch: errors agree to ~1e-6.
+        np.testing.assert_allclose(as_array(prefix), as_array(full[:cut]), rtol=0, atol=1e-5)
         np.testing.assert_allclose(as_array(prefix, "error"), as_array(full[:cut], "error"),
-                                   rtol=1e-6, atol=0)
+                                   rtol=1e-5, atol=0)
         assert [s is None for s in prefix] == [s is None for s in full[:cut]]
 
 
@@ -217,7 +219,7 @@ def test_reset_state_forgets_every_series(tiny_artifact: Artifact) -> None:
     pipeline = Pipeline(tiny_artifact)
     first = score_points(pipeline, points)
     pipeline.reset_state()
-    assert len(pipeline.store) == 0
+    assert len(pipeline.registry) == 0
     second = score_points(pipeline, points)
     assert second == first  # as from a fresh pipeline: windows, scale and calibration restarted
     # Without the reset, the same rows would all be late.
@@ -243,7 +245,7 @@ def test_max_series_evicts_the_least_recently_seen(tiny_artifact: Artifact) -> N
     result = pipeline.process(c, now=1.0)
     assert result.evicted_capacity == 1
     assert len(result.scores) == 3  # "c" got "a"'s slot and was scored on its own windows
-    assert pipeline.store.series() == ["b", "c"]
+    assert pipeline.registry.series() == ["b", "c"]
 
 
 def test_a_slot_reused_within_one_batch_starts_the_new_series_afresh(
@@ -282,68 +284,43 @@ def test_swap_model_refuses_another_window_length(tiny_artifact: Artifact) -> No
 # ---------------------------------------------------------------- evidence and its combination
 
 
-@pytest.mark.parametrize(("p1", "p2"), [
-    (0.5, 0.5), (1e-3, 0.2), (1e-4, 1e-4), (0.9, 1e-6), (1e-8, 0.03),
-])
-def test_combined_surprise_is_fishers_rule_for_two_probabilities(p1: float, p2: float) -> None:
-    x = p1 * p2
-    expected = -math.log10(x * (1.0 - math.log(x)))
-    got = combined_surprise(-math.log10(p1), -math.log10(p2))
-    assert got == pytest.approx(expected, rel=1e-12, abs=1e-12)
-    # The product of two uniform p-values is not itself uniform: the plain sum overstates.
-    assert got < -math.log10(p1) - math.log10(p2)
-
-
-def test_combined_surprise_of_nothing_is_nothing_and_grows_with_each_part() -> None:
-    assert combined_surprise(0.0, 0.0) == 0.0
-    assert combined_surprise(0.0, 3.0) < 3.0  # one uninformative part still costs a little
-    assert combined_surprise(2.0, 3.0) > combined_surprise(1.0, 3.0) > combined_surprise(0.0, 3.0)
-    assert combined_surprise(3.0, 2.0) == combined_surprise(2.0, 3.0)
-
-
-def test_combined_surprise_is_fishers_rule_for_three_probabilities() -> None:
-    p1, p2, p3 = 1e-3, 0.2, 0.05
-    x = p1 * p2 * p3
-    expected = -math.log10(x * (1.0 - math.log(x) + math.log(x) ** 2 / 2))
-    got = combined_surprise(*(-math.log10(p) for p in (p1, p2, p3)))
-    assert got == pytest.approx(expected, rel=1e-12)
-    assert combined_surprise(2.5) == 2.5  # one part is its own surprise
-    # A third, uninformative part makes the same two surprises less remarkable.
-    assert combined_surprise(3.0, 2.0, 0.0) < combined_surprise(3.0, 2.0)
-
-
 def test_unknown_or_repeated_evidence_is_refused() -> None:
     for bad in ("nope", "both", "model+model", "model+", ""):
         with pytest.raises(ValueError, match="evidence"):
             PipelineSettings(evidence=bad)
     for evidence in ("model", "memory", "seasonal", "model+memory", "seasonal+model"):
-        assert PipelineSettings(evidence=evidence).evidence_kinds == set(evidence.split("+"))
-    assert PipelineSettings().evidence_kinds == {"model", "memory", "seasonal", "coarse"}
+        kinds = PipelineSettings(evidence=evidence).evidence_kinds
+        assert set(kinds) == set(evidence.split("+")) and len(kinds) == len(set(kinds))
+    assert PipelineSettings().evidence_kinds == ["model", "memory", "seasonal", "coarse"]
 
 
 @pytest.mark.parametrize(("interval", "stride", "expected"), [
-    (300.0, 1, 288), (3600.0, 1, 24), (300.0, 2, 144), (86_400.0, 1, 0), (0.0, 1, 0),
+    (300.0, 1, 288), (3600.0, 1, 24), (300.0, 2, 288), (21_600.0, 1, 4), (21_600.0, 2, 0),
+    (86_400.0, 1, 0), (0.0, 1, 0),
 ])
-def test_the_season_in_windows_follows_the_sampling_interval(
+def test_the_season_in_values_follows_the_sampling_interval(
         interval: float, stride: int, expected: int) -> None:
-    assert PipelineSettings(stride=stride).season_windows(interval) == expected
-    assert PipelineSettings(season_s=0).season_windows(interval) == 0
+    # A season needs at least four windows (of ``stride`` values each) to have a phase.
+    assert PipelineSettings(stride=stride).season_values(np.array([interval])).tolist() == [
+        expected]
+    assert PipelineSettings(season_s=0).season_values(np.array([interval])).tolist() == [0]
 
 
 def replay_surprises(values: Sequence[float | None], calibration: CalibrationSettings,
                      errors: bool = False) -> list[float | None]:
-    """What one TailCalibrator says of each value before learning it: None for no value and
-    while it has not seen ``warmup`` values; ``errors``: calibrated as model errors are (their
-    own tail fraction)."""
-    tail = calibration.error_tail_fraction if errors else calibration.tail_fraction
-    calibrator = TailCalibrator(calibration.history, tail, calibration.warmup)
+    """What a calibrator of its own says of each value before learning it, one value at a
+    time: None for no value and while it has not seen ``warmup`` values; ``errors``:
+    calibrated as model errors are (in log, with their own tail fraction)."""
+    kind = (kind_calibration(calibration, "model", log_domain=True,
+                             tail_fraction=calibration.error_tail_fraction)
+            if errors else kind_calibration(calibration, "memory"))
+    bank = CalibratorBank(SeriesRegistry(1), [kind], calibration)
+    slot = np.zeros(1, np.int64)
     out: list[float | None] = []
     for value in values:
-        if value is None:
-            out.append(None)
-            continue
-        out.append(calibrator.score_one(value) if calibrator.warm else None)
-        calibrator.learn_one(value)
+        raw = np.array([[np.nan if value is None else value]])
+        surprise = float(bank.score_then_learn(slot, raw)[0, 0])
+        out.append(None if math.isnan(surprise) else surprise)
     return out
 
 
@@ -353,18 +330,19 @@ def test_model_and_memory_scores_are_the_combined_surprise_of_error_and_novelty(
     pipeline = Pipeline(tiny_artifact, PipelineSettings(evidence="model+memory"))
     scores = [s for s in score_points(pipeline, spiky_sine(n, [320, 420])) if s is not None]
     calibration = CalibrationSettings.from_dict(tiny_artifact.calibration)
-    error_s = replay_surprises([math.log(max(s.error, 1e-12)) for s in scores], calibration,
-                               errors=True)
+    error_s = replay_surprises([s.error for s in scores], calibration, errors=True)
     novelty_s = replay_surprises([s.novelty for s in scores], calibration)
     checked = alone = 0
     for s, e, m in zip(scores, error_s, novelty_s, strict=True):
         parts = [p for p in (e, m) if p is not None]  # a kind still warming up is left out
-        total = combined_surprise(*parts) if parts else 0.0
+        total = float(combined_surprise(parts)) if parts else 0.0
         assert s.score == pytest.approx(min(total / SURPRISE_SCALE, 1.0), abs=1e-12)
         checked += m is not None and m > 0 and e is not None and e > 0
         alone += m is None and e is not None and e > 0
     assert checked > 50  # both parts were live for a good stretch
-    assert alone > 20  # and the error scored alone while the novelty calibrator warmed up
+    # and the error scored alone while the novelty calibrator warmed up (its values start
+    # W - 1 windows after the first window, so it is warm W - 1 windows later)
+    assert alone >= W - 2
 
 
 def test_model_evidence_does_not_depend_on_the_memory(tiny_artifact: Artifact) -> None:
@@ -387,8 +365,7 @@ def test_model_evidence_does_not_depend_on_the_memory(tiny_artifact: Artifact) -
     # Model-only scores are the calibrated error alone.
     calibration = CalibrationSettings.from_dict(tiny_artifact.calibration)
     scored = [s for s in model if s is not None]
-    surprises = replay_surprises([math.log(max(s.error, 1e-12)) for s in scored], calibration,
-                                 errors=True)
+    surprises = replay_surprises([s.error for s in scored], calibration, errors=True)
     expected = [0.0 if e is None else min(e / SURPRISE_SCALE, 1.0) for e in surprises]
     np.testing.assert_allclose([s.score for s in scored], expected, rtol=0, atol=1e-12)
 
@@ -424,23 +401,23 @@ def test_novelty_appears_once_a_non_overlapping_past_window_exists(
 # ---------------------------------------------------------------- model swaps
 
 
-def test_series_state_adopt_restarts_only_the_error_calibration() -> None:
-    old = CalibrationSettings(history=50, warmup=10, threshold=0.4, alarm_hold=5)
-    state = SeriesState("s", window=4, n_features=1, memory_windows=30, calibration=old)
-    rng = np.random.default_rng(0)
-    values = rng.normal(size=60)
-    for t in range(3, 60):
-        state.score(values[t - 3 : t + 1, None], np.ones(1), float(np.exp(rng.normal())))
-    memory, novelty = state.memory, state.novelty
-    held = memory.n_held
-    assert state.error.n_held > 0 and novelty.n_held > 0
-    new = CalibrationSettings(history=80, warmup=20, threshold=0.25, alarm_hold=7)
-    state.adopt(new)
-    assert state.memory is memory and memory.n_held == held
-    assert state.novelty is novelty and novelty.n_held > 0
-    assert state.error.n_held == 0 and state.error.n_learnt == 0
-    assert (state.error.history, state.error.warmup) == (80, 20)
-    assert (state.detector.threshold, state.detector.hold) == (0.25, 7)
+def test_swap_model_restarts_only_the_error_calibration(tiny_artifact: Artifact) -> None:
+    pipeline = Pipeline(tiny_artifact)
+    pipeline.process(mixed_stream(300), now=0.0)
+    bank = pipeline.bank
+    model, memory = bank.index("model"), bank.index("memory")
+    slots = np.array([pipeline.registry.slot_of(s) for s in ("sine", "b", "c")])
+    novelty_state = bank.hist[slots, memory].copy()
+    ring = pipeline.memory.values[slots].copy()
+    assert (bank.n[slots, model] > 0).all() and (bank.n[slots, memory] > 0).all()
+    calibration = dict(tiny_artifact.calibration, threshold=0.25, alarm_hold=7, warmup=20)
+    pipeline.swap_model(dataclasses.replace(tiny_artifact, version="new",
+                                            calibration=calibration))
+    assert (bank.n[slots, model] == 0).all() and (bank.hist[slots, model] == 0).all()
+    np.testing.assert_array_equal(bank.hist[slots, memory], novelty_state)
+    np.testing.assert_array_equal(pipeline.memory.values[slots], ring)
+    assert (pipeline.alarms.threshold, pipeline.alarms.hold) == (0.25, 7)
+    assert bank.warm(slots)[:, model].tolist() == [False] * 3
 
 
 def swapped_run(artifact: Artifact, other: Artifact, points: list[Point], cut: int,
@@ -551,3 +528,71 @@ def test_kinds_without_evidence_yet_do_not_mute_those_that_have_it(
     early = slice(W - 1, 2 * W - 1)
     assert np.nanmax(model[early]) > 0.1  # the spike is seen
     np.testing.assert_array_equal(default[early], model[early])
+
+
+# ---------------------------------------------------------------- snapshot and restore
+
+
+def run(pipeline: Pipeline, points: Sequence[Point], cuts: Sequence[int]) -> list[Score]:
+    out: list[Score] = []
+    for start, stop in zip([0, *cuts], [*cuts, len(points)], strict=True):
+        out.extend(pipeline.process(points[start:stop], now=0.0).scores)
+    return out
+
+
+def test_restored_state_scores_bit_identically_to_a_pipeline_that_never_stopped(
+        tiny_artifact: Artifact) -> None:
+    points = mixed_stream(700)
+    cuts = [600, 1300, 1800]
+    reference = run(Pipeline(tiny_artifact), points, cuts)
+    first = Pipeline(tiny_artifact)
+    before = run(first, points[:1300], cuts[:1])
+    snapshot = StateSnapshot.from_bytes(first.snapshot().to_bytes())
+    second = Pipeline(tiny_artifact)
+    assert second.restore(snapshot) == 3
+    after = run(second, points[1300:], [c - 1300 for c in cuts[2:]])
+    assert before + after == reference  # every field of every Score, exactly
+    assert sum(s.is_anomaly for s in reference) >= 0 and len(reference) > 1800
+
+
+def test_a_snapshot_covers_only_the_series_asked_for(tiny_artifact: Artifact) -> None:
+    pipeline = Pipeline(tiny_artifact)
+    pipeline.process(mixed_stream(250), now=0.0)
+    part = pipeline.snapshot(["b", "nope"])
+    assert part.series == ["b"]
+    assert all(len(a) == 1 for a in part.arrays.values())
+    fresh = Pipeline(tiny_artifact)
+    fresh.restore(part)
+    assert fresh.registry.series() == ["b"]
+    # The restored series continues; the others start afresh.
+    late = fresh.process([Point("b", T0 + 250 * STEP, (100.0,)), Point("b", T0, (1.0,))], 0.0)
+    assert late.late == [1] and len(late.scores) == 1
+
+
+def test_restore_refuses_a_snapshot_of_another_shape(tiny_artifact: Artifact) -> None:
+    pipeline = Pipeline(tiny_artifact)
+    pipeline.process(mixed_stream(250), now=0.0)
+    snapshot = pipeline.snapshot()
+    other = Pipeline(tiny_artifact, PipelineSettings(memory_windows=512))
+    with pytest.raises(ValueError, match="settings"):
+        other.restore(snapshot)
+    newer = StateSnapshot(dict(snapshot.meta, format=99), snapshot.series, snapshot.arrays)
+    with pytest.raises(ValueError, match="format"):
+        Pipeline(tiny_artifact).restore(newer)
+    with pytest.raises(ValueError, match="not a state snapshot"):
+        StateSnapshot.from_bytes(b"PK\x03\x04 truncated")
+
+
+def test_a_snapshot_restored_under_another_model_restarts_the_error_calibration(
+        tiny_artifact: Artifact) -> None:
+    points = mixed_stream(400)
+    pipeline = Pipeline(tiny_artifact)
+    pipeline.process(points[:900], now=0.0)
+    other = Pipeline(dataclasses.replace(tiny_artifact, version="other"))
+    other.restore(pipeline.snapshot())
+    slots = np.array([other.registry.slot_of(s) for s in ("sine", "b", "c")])
+    model, memory = other.bank.index("model"), other.bank.index("memory")
+    assert (other.bank.n[slots, model] == 0).all()
+    assert (other.bank.n[slots, memory] > 0).all()
+    scores = other.process(points[900:], now=0.0).scores
+    assert scores and all(s.model_version == "other" for s in scores)

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streamlstm import decoding, timestamps
+from streamlstm import decoding
+from streamlstm.core import timestamps
 from streamlstm.errors import DecodeError
 from streamlstm.sources import files
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from streamlstm import cli
+from streamlstm.core.records import Point
 from streamlstm.devstack import free_port
-from streamlstm.records import Point
 from streamlstm.sources.influx_history import (
     InfluxHistoryQuery,
     InfluxQueryError,

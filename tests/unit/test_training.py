@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from streamlstm.core.pipeline import Pipeline, score_points
 from streamlstm.model.artifact import Artifact, load_artifact, save_artifact
-from streamlstm.pipeline import Pipeline, score_points
 from streamlstm.sources.files import read_table
 from streamlstm.training import SeriesHistory, TrainingError, TrainingSettings, fit
 from tests.unit.core_helpers import (

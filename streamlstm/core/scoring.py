@@ -9,7 +9,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from streamlstm.core.state import SeriesRegistry
 from streamlstm.model.artifact import Artifact
+from streamlstm.model.fast import FusedAutoencoder
 
 # A window's spread is clipped at this multiple of the series' running spread before it is
 # learnt, so one wild window cannot blow the scale up and hide what follows.
@@ -26,8 +28,8 @@ def centre(windows: np.ndarray) -> np.ndarray:
     return windows - windows.mean(axis=1, keepdims=True)
 
 
-class SeriesScale:
-    """Per-series running spread used to normalise windows, indexed by window-store slot.
+class Spread:
+    """Per-slot running spread of each series, used to normalise its windows.
 
     The spread is an exponentially weighted mean of the within-window variance. Until a series
     has seen ``1 / fading_factor`` windows each window weighs ``1 / n`` (a plain mean), so the
@@ -36,58 +38,54 @@ class SeriesScale:
     into batches. Series known from training start from their trained scale.
     """
 
-    def __init__(self, max_series: int, n_features: int, fading_factor: float,
-                 known: dict[str, list[float]] | None = None, floor: float = 1e-6) -> None:
+    def __init__(self, registry: SeriesRegistry, prefix: str, n_features: int,
+                 fading_factor: float, known: dict[str, list[float]] | None = None,
+                 floor: float = 1e-6) -> None:
         self.fading_factor = fading_factor
         self.floor = floor
         self._known = known or {}
-        self._var = np.zeros((max_series, n_features))
-        self._seen = np.zeros(max_series, dtype=np.int64)
-        self._owner: list[str | None] = [None] * max_series
+        self.var = registry.add(f"{prefix}.var", (n_features,), np.float64)
+        self.seen = registry.add(f"{prefix}.seen", (), np.int64)
+        if self._known:
+            registry.on_allocate(self._start_known)
+
+    def _start_known(self, slots: np.ndarray, names: list[str]) -> None:
+        for slot, name in zip(slots.tolist(), names, strict=True):
+            trained = self._known.get(name)
+            if trained is not None:
+                self.var[slot] = np.square(trained)
+                self.seen[slot] = int(1 / self.fading_factor)
 
     def scale_of(self, slot: int) -> np.ndarray:
         """The current spread of the series in ``slot`` (before the floor is applied)."""
-        return np.sqrt(self._var[slot])
+        return np.sqrt(self.var[slot])
 
-    def normalise(self, series: list[str], slots: np.ndarray, windows: np.ndarray) -> np.ndarray:
-        """Centre and scale ``windows`` in order, updating each series' spread as it goes."""
-        return self.normalise_with_scales(series, slots, windows)[0]
-
-    def normalise_with_scales(self, series: list[str], slots: np.ndarray, windows: np.ndarray,
-                              ) -> tuple[np.ndarray, np.ndarray]:
-        """`normalise`, also returning the spread ``[B, F]`` each window was divided by."""
-        centred = centre(windows)
-        window_var = centred.var(axis=1)  # [B, F]
-        scales = np.empty_like(window_var)
-        alpha = self.fading_factor
-        for i, slot in enumerate(slots.tolist()):
-            name = series[i]
-            if self._owner[slot] != name:
-                self._owner[slot] = name
-                trained = self._known.get(name)
-                if trained is not None:
-                    self._var[slot] = np.square(trained)
-                    self._seen[slot] = int(1 / alpha)
-                else:
-                    self._var[slot] = window_var[i]
-                    self._seen[slot] = 0
-            var = self._var[slot]
-            scales[i] = np.sqrt(var)
-            clipped = np.minimum(window_var[i], _SCALE_UPDATE_CLIP * np.maximum(var, self.floor))
-            self._seen[slot] += 1
-            weight = max(alpha, 1.0 / self._seen[slot])
-            self._var[slot] = (1 - weight) * var + weight * clipped
-        np.maximum(scales, self.floor, out=scales)
-        return (centred / scales[:, None, :]).astype(np.float32, copy=False), scales
+    def update(self, slots: np.ndarray, window_var: np.ndarray) -> np.ndarray:
+        """The spread ``[n, F]`` (floored) each window divides by, then learn the windows'
+        variances ``[n, F]``; one window per series (distinct ``slots``), in order."""
+        seen = self.seen[slots]
+        var = np.where((seen == 0)[:, None], window_var, self.var[slots])
+        scales = np.maximum(np.sqrt(var), self.floor)
+        clipped = np.minimum(window_var, _SCALE_UPDATE_CLIP * np.maximum(var, self.floor))
+        seen = seen + 1
+        weight = np.maximum(self.fading_factor, 1.0 / seen)[:, None]
+        self.var[slots] = (1 - weight) * var + weight * clipped
+        self.seen[slots] = seen
+        return scales
 
 
 class Scorer:
-    """Runs a model artifact over normalised windows and returns one error per window."""
+    """Runs a model artifact over normalised windows and returns one error per window.
+
+    The errors come from `FusedAutoencoder`, which computes what the `nn.LSTM` model would
+    (the same weights, float32 rounding aside) with less work per window.
+    """
 
     def __init__(self, artifact: Artifact, device: str = "cpu", max_batch: int = 8192) -> None:
         self.artifact = artifact
         self.device = torch.device(resolve_device(device))
         self.model = artifact.build_model(self.device)
+        self.fused = FusedAutoencoder(self.model)
         self.max_batch = max_batch
 
     @property
@@ -104,8 +102,7 @@ class Scorer:
         with torch.inference_mode():
             for start in range(0, len(windows), self.max_batch):
                 batch = torch.from_numpy(windows[start : start + self.max_batch]).to(self.device)
-                error = reconstruction_error(batch, self.model(batch))
-                out[start : start + len(batch)] = error.double().cpu().numpy()
+                out[start : start + len(batch)] = self.fused.errors(batch).double().cpu().numpy()
         return out
 
 

@@ -1,0 +1,208 @@
+"""Each series' memory of its own past: how far is this window from anything it did before?
+
+The shared model knows what metric windows look like in general. It cannot know that *this*
+series never sat at this level or never went flat at midday. `WindowMemory` keeps each series'
+latest values in a ring and answers, for its newest window of W values, how far it is from
+every remembered past window that does not overlap it (not centred, so a new level is new), in
+units of the series' spread. The same distances, read at the lags of one and several periods,
+answer the seasonal question: how far is this window from the same time on earlier days?
+
+Nothing is shifted or re-scanned. Per series the ring holds ``capacity + 2 W`` values and, for
+each lag ``d`` (``W <= d < W + capacity``), ``E[d] = |P_d|^2 - 2 P_d . T``, where ``T`` is the
+newest window and ``P_d`` the window ending ``d`` values earlier, so that
+``|P_d - T|^2 = E[d] + |T|^2``. When a value ``x[m]`` arrives both windows slide by one and every
+lag is updated in place, as streaming matrix-profile methods update their sliding dot products
+(STAMPI; Yeh et al., ICDM 2016):
+
+    E[d] += a (a - 2 x[m]) - b (b - 2 x[m - W])    with a = x[m - d], b = x[m - d - W]
+
+so a new value costs O(capacity) instead of O(capacity x W), for all series of a round in one
+numpy expression (float32). The ring stores each value as float16, less a per-series reference
+level and in a per-series unit: ``2^-11`` of a unit is far below the differences a distance in
+units of the series' spread can tell apart, and it halves the ring. Every `REFRESH` values (and
+once the first two windows are in) the reference moves to the series' current level, the unit
+becomes the 90th percentile of the held values' distances from it (one wild value is clipped at
+`MAX_UNITS` rather than making every other one coarse) and ``E`` is recomputed exactly, which
+bounds float32 drift and keeps precision for series far from where they started. The refresh
+is staggered by series name, so it costs O(W) per value on average and never lands on every
+series at once.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from streamlstm.core.state import SeriesRegistry
+
+REFRESH = 512
+NOISE_FLOOR = 1e-5
+# A value stored further out than this many units is clipped (float16 ends at 65,504).
+MAX_UNITS = 60_000.0
+# The unit is this percentile of the held values' distances from the newest one.
+UNIT_PERCENTILE = 90
+# Series per pass: the arrays of one pass stay in the CPU cache.
+CHUNK = 64
+
+
+@functools.lru_cache(maxsize=8)
+def _newest_first(size: int) -> np.ndarray:
+    """``[pos, k]``: the ring index of the value ``k`` steps before the one at ``pos``."""
+    steps = np.arange(size)
+    return (steps[:, None] - steps) % size
+
+
+class WindowMemory:
+    """Rings of recent values and sliding dot products for every slot (module docstring)."""
+
+    def __init__(self, registry: SeriesRegistry, prefix: str, window: int, n_features: int,
+                 capacity: int) -> None:
+        self.window = window
+        self.capacity = capacity
+        self.size = capacity + 2 * window
+        self.values = registry.add(f"{prefix}.values", (self.size, n_features), np.float16)
+        self.terms = registry.add(f"{prefix}.terms", (capacity, n_features), np.float32)
+        self.pos = registry.add(f"{prefix}.pos", (), np.int64)  # where the newest value is
+        self.held = registry.add(f"{prefix}.held", (), np.int64)  # values held, up to size
+        self.ref = registry.add(f"{prefix}.ref", (n_features,), np.float64)
+        self.unit = registry.add(f"{prefix}.unit", (n_features,), np.float64)
+        self.age = registry.add(f"{prefix}.age", (), np.int64)  # values since the last refresh
+        self._flat = self.values.reshape(-1, n_features)
+        self._order = _newest_first(self.size)
+        self._steps = np.arange(self.size)
+        registry.on_allocate(self._stagger)
+        self._seed = registry.seed
+
+    def _stagger(self, slots: np.ndarray, names: list[str]) -> None:
+        self.age[slots] = self._seed[slots] % REFRESH
+
+    def push(self, slots: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """Append one value ``[n, F]`` to each of ``slots`` (distinct); returns each series'
+        newest window, newest value first, ``[n, W, F]`` (float64, less its reference level)."""
+        held = self.held[slots]
+        first = held == 0
+        if first.any():
+            self.ref[slots[first]] = values[first]
+            self.unit[slots[first]] = 1.0
+        pos = (self.pos[slots] + 1) % self.size
+        self.pos[slots] = pos
+        unit = self.unit[slots]
+        self.values[slots, pos] = np.clip((values - self.ref[slots]) / unit, -MAX_UNITS,
+                                          MAX_UNITS).astype(np.float16)
+        held = np.minimum(held + 1, self.size)
+        self.held[slots] = held
+        w, c = self.window, self.capacity
+        newest = np.empty((len(slots), w, values.shape[1]), np.float32)
+        if c:
+            age = self.age[slots] + 1
+            due = (age >= REFRESH) | (held == 2 * w)
+            self.age[slots] = np.where(due, 0, age)
+        for start in range(0, len(slots), CHUNK):
+            part = slice(start, start + CHUNK)
+            s = slots[part]
+            index = self._order[pos[part]] + (s * self.size)[:, None]
+            ring = self._flat[index].astype(np.float32)  # [n, size, F]: ring[:, k] = x[m - k]
+            newest[part] = ring[:, :w]
+            if not c:
+                continue
+            # E[d] += a (a - 2 x[m]) - b (b - 2 x[m - W]), in place.
+            terms = self.terms[s]
+            a, b = ring[:, w : w + c], ring[:, 2 * w : 2 * w + c]
+            step = a - 2 * ring[:, None, 0]
+            step *= a
+            terms += step
+            np.subtract(b, 2 * ring[:, None, w], out=step)
+            step *= b
+            terms -= step
+            self.terms[s] = terms
+            refresh = due[part]
+            if refresh.any():
+                moved = self._refresh(s[refresh], ring[refresh], index[refresh])
+                newest[np.flatnonzero(refresh) + start] = moved[:, :w]
+        return newest * self.unit[slots][:, None, :]
+
+    def _refresh(self, slots: np.ndarray, ring: np.ndarray, index: np.ndarray) -> np.ndarray:
+        """Move the reference to the newest value and the unit to the held values' root mean
+        square about it, re-store the ring and recompute ``E`` exactly."""
+        held = self.held[slots]
+        unit = self.unit[slots]
+        kept = (self._steps < held[:, None])[..., None]  # rows holding a value (the rest stay 0)
+        about = (ring.astype(np.float64) - ring[:, :1]) * unit[:, None, :]  # raw, less the newest
+        about = np.where(kept, about, 0.0)
+        # A robust spread: one wild value must not make every other one coarse; it is clipped
+        # at MAX_UNITS instead, which is as far as anything needs to be.
+        magnitude = np.where(kept, np.abs(about), np.nan)
+        spread = np.nanpercentile(magnitude, UNIT_PERCENTILE, axis=1)
+        new_unit = np.where(spread > 0, spread, unit)
+        self.ref[slots] += ring[:, 0].astype(np.float64) * unit
+        self.unit[slots] = new_unit
+        stored = np.clip(about / new_unit[:, None, :], -MAX_UNITS, MAX_UNITS).astype(np.float16)
+        self._flat[index] = stored
+        moved = stored.astype(np.float32)
+        w, c = self.window, self.capacity
+        past = np.lib.stride_tricks.sliding_window_view(moved[:, w : 2 * w + c - 1], w, axis=1)
+        # past[:, i, f, k] = x[m - (w + i) - k]: the window at lag w + i, newest first.
+        newest = moved[:, :w].transpose(0, 2, 1)[:, None]  # [n, 1, F, W]
+        self.terms[slots] = (past * (past - 2 * newest)).sum(axis=3)
+        return moved
+
+    def distances(self, slots: np.ndarray, newest: np.ndarray, scale: np.ndarray) -> np.ndarray:
+        """Squared distance ``[n, capacity]`` (float32) from each series' newest window (as
+        `push` returned it) to the window at each lag ``W + i``, summed over features in units
+        of ``scale`` ``[n, F]``; inf where that window is not (fully) remembered."""
+        w, c = self.window, self.capacity
+        unit = self.unit[slots]
+        own = np.square(newest / unit[:, None, :]).sum(axis=1)  # [n, F], in units
+        weight = np.square(unit / scale)
+        # Below this fraction of the newest window's own norm a distance is float32 rounding
+        # (an exactly repeating series), not a difference: it counts as none.
+        floor = (NOISE_FLOOR * (own * weight).sum(axis=1, keepdims=True)).astype(np.float32)
+        out = np.empty((len(slots), c), np.float32)
+        for start in range(0, len(slots), CHUNK):
+            part = slice(start, start + CHUNK)
+            terms = self.terms[slots[part]]
+            if terms.shape[2] == 1:
+                d2 = terms[:, :, 0]
+                d2 += own[part].astype(np.float32)
+                d2 *= weight[part].astype(np.float32)
+            else:
+                d2 = ((terms + own[part, None, :]) * weight[part, None, :]).sum(axis=2,
+                                                                             dtype=np.float32)
+            d2[d2 <= floor[part]] = 0.0
+            out[part] = d2
+        young = self.held[slots] < c + 2 * w
+        if young.any():  # windows not (fully) remembered yet
+            out[young] = np.where(np.arange(c) <= (self.held[slots][young] - 2 * w)[:, None],
+                                  out[young], np.inf)
+        return out
+
+    @staticmethod
+    def nearest(d2: np.ndarray) -> np.ndarray:
+        """Distance to the nearest remembered window, NaN where none is."""
+        if d2.shape[1] == 0:
+            return np.full(len(d2), np.nan)
+        best = d2.min(axis=1)
+        return np.where(np.isfinite(best), np.sqrt(best), np.nan)
+
+    def seasonal(self, d2: np.ndarray, periods: np.ndarray, n_periods: int,
+                 shift_fraction: float) -> np.ndarray:
+        """Distance to the nearest of the windows ``k * period`` values back (``k = 1..
+        n_periods``, each up to ``shift`` values early or late), NaN where none is remembered
+        or the series has no period (0). Periods shorter than the window (plus the shift) are
+        skipped, so the windows compared never overlap the newest one."""
+        out = np.full(len(d2), np.nan)
+        w = self.window
+        for period in np.unique(periods[periods > 0]).tolist():
+            rows = np.flatnonzero(periods == period)
+            shift = max(1, round(period * shift_fraction))
+            k_first = -(-(w + shift) // period)
+            ks = np.arange(k_first, k_first + n_periods)
+            lags = (ks[:, None] * period + np.arange(-shift, shift + 1)).ravel()
+            cols = lags - w
+            cols = cols[(cols >= 0) & (cols < d2.shape[1])]
+            if len(cols) == 0:
+                continue
+            best = d2[rows][:, cols].min(axis=1)
+            out[rows] = np.where(np.isfinite(best), np.sqrt(best), np.nan)
+        return out

@@ -1,0 +1,375 @@
+"""The pure step shared by `run` and `replay`: points in, scores out. No I/O.
+
+    points --SeriesRegistry--> slots --Router--> pushes (interpolated gaps, ready windows)
+      pushes --windows + Spread--> normalised windows --Scorer (one batch)--> errors
+      per round (the k-th new value of every series together):
+        WindowMemory.push --> distances --Evidence kinds--> raw values
+        --CalibratorBank--> surprises --Fisher's rule--> score --AlarmState--> Score
+
+Everything a series has learnt lives in the registry's arrays, so a poll's windows from many
+series are processed together with numpy, one round per value of a series, and the model sees
+all of a poll's windows in one batch. Within a series everything is updated in event order and
+the model sees each window independently, so the scores do not depend on how the stream was cut
+into polls: replaying a file gives what the daemon gave live. `snapshot` and `restore` move the
+whole state of some series out and back in, bit for bit.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import time
+import zipfile
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from streamlstm.core.calibration import (
+    SURPRISE_SCALE,
+    AlarmState,
+    CalibrationSettings,
+    CalibratorBank,
+    combined_surprise,
+)
+from streamlstm.core.evidence import (
+    KINDS,
+    SCALE_FADING_FACTOR,
+    CoarseNovelty,
+    Evidence,
+    ModelError,
+    Novelty,
+    Round,
+    Seasonal,
+)
+from streamlstm.core.memory import WindowMemory
+from streamlstm.core.records import Point, Score
+from streamlstm.core.scoring import Scorer, Spread, centre
+from streamlstm.core.state import SeriesRegistry
+from streamlstm.core.windows import Pushes, Router, WindowTails, group_rounds, round_blocks
+from streamlstm.model.artifact import Artifact
+
+SNAPSHOT_FORMAT = 1
+# Below this many windows a period has no phase worth comparing.
+MIN_SEASON_WINDOWS = 4
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    """Window bookkeeping for the pipeline (the window length itself comes from the model)."""
+
+    stride: int = 1
+    max_series: int = 10_000
+    idle_evict_s: float = 86_400.0
+    max_gap_intervals: int = 5
+    memory_windows: int = 2048  # past windows each series remembers for novelty
+    season_s: float = 86_400.0  # the period a seasonal comparison looks back by (0: none)
+    season_periods: int = 7  # how many earlier periods it compares with
+    # Which evidence scores, "+"-joined kinds from KINDS (fewer only for ablation).
+    evidence: str = "model+memory+seasonal+coarse"
+
+    def __post_init__(self) -> None:
+        kinds = self.evidence.split("+")
+        if any(k not in KINDS for k in kinds) or len(set(kinds)) < len(kinds):
+            raise ValueError(f"evidence must be '+'-joined kinds from {', '.join(KINDS)}, "
+                             f"not {self.evidence!r}")
+        if self.season_s < 0 or self.season_periods < 1:
+            raise ValueError("need season_s >= 0 and season_periods >= 1")
+        if self.stride < 1:
+            raise ValueError("stride must be at least 1")
+
+    @property
+    def evidence_kinds(self) -> list[str]:
+        """The kinds in their canonical order."""
+        chosen = set(self.evidence.split("+"))
+        return [k for k in KINDS if k in chosen]
+
+    def season_values(self, interval_s: np.ndarray) -> np.ndarray:
+        """The season in values of series sampled every ``interval_s``; 0 where it has none."""
+        if self.season_s <= 0:
+            return np.zeros(len(interval_s), np.int64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            period = np.where(interval_s > 0, np.rint(self.season_s / interval_s), 0)
+        period = np.where(period < 2**40, period, 0).astype(np.int64)
+        return np.where(period >= MIN_SEASON_WINDOWS * self.stride, period, 0)
+
+
+@dataclass
+class StepResult:
+    """What one `Pipeline.process` call produced."""
+
+    scores: list[Score] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)  # input position of each score
+    late: list[int] = field(default_factory=list)  # input positions of out-of-order points
+    windows: int = 0  # windows scored, warm-up ones included
+    scoring_seconds: float = 0.0  # the model's share
+    seconds: float = 0.0  # the whole step
+    evicted_idle: int = 0
+    evicted_capacity: int = 0
+
+
+@dataclass(frozen=True)
+class StateSnapshot:
+    """The complete state of some series: named arrays (one row per series) and metadata."""
+
+    meta: dict[str, Any]
+    series: list[str]
+    arrays: dict[str, np.ndarray]
+
+    def to_bytes(self) -> bytes:
+        """An ``.npz`` archive (no pickle): the arrays, the series names and the metadata."""
+        buffer = io.BytesIO()
+        named: dict[str, Any] = {
+            "__meta__": np.frombuffer(json.dumps(self.meta).encode(), np.uint8),
+            "__series__": np.array(self.series, dtype=np.str_), **self.arrays}
+        np.savez(buffer, **named)
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> StateSnapshot:
+        """Read `to_bytes` output; raises ValueError for anything else."""
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+                meta = json.loads(archive["__meta__"].tobytes())
+                series = [str(s) for s in archive["__series__"].tolist()]
+                arrays = {k: archive[k] for k in archive.files if not k.startswith("__")}
+        except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+            raise ValueError(f"not a state snapshot: {exc}") from exc
+        return cls(meta, series, arrays)
+
+
+class Pipeline:
+    """Scores a stream of points with one model artifact, keeping per-series state."""
+
+    def __init__(self, artifact: Artifact, settings: PipelineSettings | None = None,
+                 device: str = "cpu", clock: Callable[[], float] = time.perf_counter) -> None:
+        self.settings = settings or PipelineSettings()
+        self._clock = clock
+        self.scorer = Scorer(artifact, device=device)
+        self.reset_state()
+
+    @property
+    def artifact(self) -> Artifact:
+        return self.scorer.artifact
+
+    @property
+    def model_version(self) -> str:
+        return self.artifact.version
+
+    @property
+    def window(self) -> int:
+        return self.artifact.architecture.window
+
+    def reset_state(self) -> None:
+        """Forget every series (windows, spread, memory, calibration)."""
+        settings = self.settings
+        arch = self.artifact.architecture
+        w, f = arch.window, arch.n_features
+        self.calibration = CalibrationSettings.from_dict(self.artifact.calibration)
+        self.registry = SeriesRegistry(settings.max_series, settings.idle_evict_s)
+        self.router = Router(self.registry, w, f, settings.stride, settings.max_gap_intervals)
+        self.tails = WindowTails(self.registry, w, f)
+        known = self.artifact.normalisation.get("series_scale", {})
+        self.spread = Spread(self.registry, "spread", f, SCALE_FADING_FACTOR, known=known)
+        kinds = settings.evidence_kinds
+        remembers = "memory" in kinds or "seasonal" in kinds
+        self.memory = (WindowMemory(self.registry, "memory", w, f, settings.memory_windows)
+                       if remembers else None)
+        builders: dict[str, Callable[[], Evidence]] = {
+            "model": ModelError,
+            "memory": Novelty,
+            "seasonal": lambda: Seasonal(settings.season_periods),
+            "coarse": lambda: CoarseNovelty(self.registry, w, f),
+        }
+        self.evidence = [builders[k]() for k in kinds]
+        self.bank = CalibratorBank(self.registry,
+                                   [e.calibration(self.calibration) for e in self.evidence],
+                                   self.calibration)
+        self.alarms = AlarmState(self.registry, self.calibration.threshold,
+                                 self.calibration.alarm_hold)
+        self._novelty = kinds.index("memory") if "memory" in kinds else None
+
+    def process(self, points: Sequence[Point], now: float,
+                warmup: Sequence[bool] | None = None) -> StepResult:
+        """Append ``points`` (in stream order) and score every window that became ready.
+
+        ``now`` is the clock used for idle eviction. Points flagged in ``warmup`` update the
+        state (windows, spread, memory, calibration) but produce no Score: they were scored
+        before.
+        """
+        started = self._clock()
+        result = StepResult(evicted_idle=self.registry.evict_idle(now))
+        names = [p.series for p in points]
+        done = 0
+        while done < len(points):
+            lookup = self.registry.lookup(names[done:], now)
+            result.evicted_capacity += lookup.evicted_capacity
+            self._segment(points, done, lookup.slots, warmup, result)
+            done += lookup.done
+        result.seconds = self._clock() - started
+        return result
+
+    def _segment(self, points: Sequence[Point], offset: int, slots: np.ndarray,
+                 warmup: Sequence[bool] | None, result: StepResult) -> None:
+        """Process ``points[offset : offset + len(slots)]``, whose series own distinct slots."""
+        n = len(slots)
+        part = points[offset : offset + n]
+        timestamps = np.fromiter((p.timestamp for p in part), np.float64, n)
+        values = np.array([p.values for p in part], dtype=np.float64).reshape(
+            n, self.artifact.architecture.n_features)
+        pushes = self.router.route(slots, timestamps, values)
+        result.late.extend((pushes.late + offset).tolist())
+        ready = np.flatnonzero(pushes.ready)
+        result.windows += len(ready)
+        if len(pushes.slots) == 0:
+            return
+        windows = self.tails.cut(pushes)
+        if len(ready) == 0:
+            self._push_only(pushes)
+            return
+        centred = centre(windows.astype(np.float64))
+        scales = np.empty((len(ready), windows.shape[2]))
+        r_slots = pushes.slots[ready]
+        for block in round_blocks(pushes.seq[ready]):
+            scales[block] = self.spread.update(r_slots[block], centred[block].var(axis=1))
+        model_started = self._clock()
+        # The model sees the windows in input order, whatever slots the series hold: a batched
+        # matmul rounds a row differently at another position, and a restored pipeline must
+        # score bit for bit as the one that never stopped.
+        order = np.argsort(pushes.point[ready], kind="stable")
+        errors = np.empty(len(ready))
+        errors[order] = self.scorer.errors(
+            (centred[order] / scales[order][:, None, :]).astype(np.float32))
+        result.scoring_seconds += self._clock() - model_started
+        scores, alarms, novelty = self._rounds(pushes, ready, scales, errors)
+        self._emit(part, offset, pushes, ready, errors, scores, alarms, novelty, warmup, result)
+
+    def _push_only(self, pushes: Pushes) -> None:
+        if self.memory is not None:
+            real = np.flatnonzero(pushes.point >= 0)
+            _, rank = group_rounds(pushes.slots[real])
+            for block in round_blocks(rank):
+                self.memory.push(pushes.slots[real[block]], pushes.values[real[block]])
+
+    def _rounds(self, pushes: Pushes, ready: np.ndarray, scales: np.ndarray,
+                errors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Memory, evidence, calibration and alarms, one round of pushes at a time."""
+        k = len(ready)
+        scores = np.zeros(k)
+        alarms = np.zeros(k, bool)
+        novelty = np.full(k, np.nan)
+        window_of = np.full(len(pushes.slots), -1)
+        window_of[ready] = np.arange(k)
+        periods = self.settings.season_values(self.router.interval[pushes.slots[ready]])
+        # Only real points enter the memory: interpolated stretches are not what a series did.
+        real = np.flatnonzero(pushes.point >= 0)
+        _, rank = group_rounds(pushes.slots[real])  # each series' k-th real point
+        for block in round_blocks(rank):
+            block = real[block]
+            slots = pushes.slots[block]
+            held = (self.memory.push(slots, pushes.values[block])
+                    if self.memory is not None else None)
+            at = window_of[block]
+            here = at >= 0
+            if not here.any():
+                continue
+            at = at[here]
+            rnd = Round(slots=slots[here], newest=pushes.values[block][here], scale=scales[at],
+                        errors=errors[at], periods=periods[at], memory=self.memory,
+                        held=None if held is None else held[here])
+            raw = np.stack([e.measure(rnd) for e in self.evidence], axis=1)
+            surprise = self.bank.score_then_learn(rnd.slots, raw)
+            score = np.minimum(combined_surprise(surprise) / SURPRISE_SCALE, 1.0)
+            scores[at] = score
+            alarms[at] = self.alarms.check(rnd.slots, score)
+            if self._novelty is not None:
+                novelty[at] = raw[:, self._novelty]
+        return scores, alarms, novelty
+
+    def _emit(self, part: Sequence[Point], offset: int, pushes: Pushes, ready: np.ndarray,
+              errors: np.ndarray, scores: np.ndarray, alarms: np.ndarray, novelty: np.ndarray,
+              warmup: Sequence[bool] | None, result: StepResult) -> None:
+        positions = pushes.point[ready]
+        order = np.argsort(positions, kind="stable")  # scores in input order
+        version = self.model_version
+        threshold = self.alarms.threshold
+        for j in order.tolist():
+            i = int(positions[j])
+            if warmup is not None and warmup[offset + i]:
+                continue
+            point = part[i]
+            nov = float(novelty[j])
+            result.positions.append(offset + i)
+            result.scores.append(Score(
+                series=point.series,
+                timestamp=point.timestamp,
+                values=point.values,
+                error=float(errors[j]),
+                novelty=nov if math.isfinite(nov) else None,
+                score=float(scores[j]),
+                threshold=threshold,
+                is_anomaly=bool(alarms[j]),
+                model_version=version,
+            ))
+
+    # ---- model swaps and snapshots ----
+
+    def swap_model(self, artifact: Artifact, device: str = "cpu") -> None:
+        """Serve ``artifact`` from the next `process` call on.
+
+        Windows, spread, the memories and their calibrations belong to the input and
+        survive; each series' error calibration restarts, because a new model's errors live on
+        a different scale (until it has warmed up, the other kinds of evidence score alone).
+        """
+        new_scorer = Scorer(artifact, device=device)
+        same_shape = (new_scorer.window == self.scorer.window
+                      and new_scorer.n_features == self.scorer.n_features)
+        if not same_shape:
+            raise ValueError("swap_model needs the same window and features; "
+                             "restart the pipeline for a different shape")
+        self.scorer = new_scorer
+        self.calibration = CalibrationSettings.from_dict(artifact.calibration)
+        if "model" in self.settings.evidence_kinds:
+            self.bank.reset_kind("model", warmup=self.calibration.warmup)
+        self.alarms.threshold = self.calibration.threshold
+        self.alarms.hold = self.calibration.alarm_hold
+
+    def _layout(self) -> dict[str, Any]:
+        arch = self.artifact.architecture
+        return {"format": SNAPSHOT_FORMAT, "window": arch.window,
+                "n_features": arch.n_features, "settings": asdict(self.settings)}
+
+    def snapshot(self, series: Sequence[str] | None = None) -> StateSnapshot:
+        """The complete state of ``series`` (default: every series held)."""
+        names, arrays = self.registry.snapshot(series)
+        meta = {**self._layout(), "model_version": self.model_version,
+                "calibration": self.calibration.to_dict()}
+        return StateSnapshot(meta, names, arrays)
+
+    def restore(self, snapshot: StateSnapshot) -> int:
+        """Bring back the series of ``snapshot``; returns how many. ValueError if it was taken
+        with another window, features, format or settings. Taken under another model, the
+        error calibration of those series restarts, as after a hot reload."""
+        layout = self._layout()
+        for key, wanted in layout.items():
+            got = snapshot.meta.get(key)
+            if got != wanted:
+                raise ValueError(f"snapshot {key} is {got!r}, this pipeline needs {wanted!r}")
+        slots = self.registry.restore(snapshot.series, snapshot.arrays)
+        if (snapshot.meta.get("model_version") != self.model_version
+                and "model" in self.settings.evidence_kinds):
+            self.bank.reset_kind_of(slots, "model")
+        return len(slots)
+
+
+def score_points(pipeline: Pipeline, points: Sequence[Point],
+                 batch_size: int = 4096) -> list[Score | None]:
+    """Score ``points`` in batches; one entry per point (None where no window was ready)."""
+    out: list[Score | None] = [None] * len(points)
+    for start in range(0, len(points), batch_size):
+        result = pipeline.process(points[start : start + batch_size], now=0.0)
+        for position, score in zip(result.positions, result.scores, strict=True):
+            out[start + position] = score
+    return out
