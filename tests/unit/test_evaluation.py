@@ -32,8 +32,8 @@ from streamlstm.evaluation import (
     probation_rows,
     timestamp_to_epoch,
 )
+from tests.nab_sample import NAB_WINDOWS, nab_file
 
-NAB_DEV = Path("/work/shared/nab-dev")
 STANDARD = PROFILES["standard"]
 T0 = 1_400_000_000.0
 N = 100
@@ -501,7 +501,7 @@ def test_plot_series_writes_a_png(tmp_path: Path) -> None:
 
 
 def test_load_windows_on_nab_dev() -> None:
-    windows = load_windows(NAB_DEV / "windows.json")
+    windows = load_windows(NAB_WINDOWS)
     assert len(windows) == 24
     assert sum(len(w) for w in windows.values()) == 39
     counts = {
@@ -520,7 +520,7 @@ def test_load_windows_on_nab_dev() -> None:
 
 
 def _read_nab(key: str, windows: list[tuple[float, float]], score: bool) -> ScoredSeries:
-    table = np.loadtxt(NAB_DEV / "data" / key, delimiter=",", skiprows=1, dtype=str)
+    table = np.loadtxt(nab_file(key), delimiter=",", skiprows=1, dtype=str)
     ts = table[:, 0].astype("datetime64[s]").astype(np.float64)
     values = table[:, 1].astype(np.float64)
     return ScoredSeries(key, ts, values, _zscore(values) if score else np.zeros(ts.size), windows)
@@ -550,7 +550,7 @@ REAL_FILES = [
 
 
 def test_trivial_causal_detector_on_nab_dev_lands_between_null_and_perfect() -> None:
-    windows = load_windows(NAB_DEV / "windows.json")
+    windows = load_windows(NAB_WINDOWS)
     corpus = [_read_nab(key, windows[key], score=True) for key in REAL_FILES]
     report = evaluate(corpus)
     standard = report.profiles["standard"]
@@ -564,7 +564,7 @@ def test_trivial_causal_detector_on_nab_dev_lands_between_null_and_perfect() -> 
 
 
 def test_windows_locate_on_real_files_with_irregular_timestamps() -> None:
-    windows = load_windows(NAB_DEV / "windows.json")
+    windows = load_windows(NAB_WINDOWS)
     for key in REAL_FILES:
         series = _read_nab(key, windows[key], score=False)
         score = nab_raw_score(series, np.zeros(series.scores.size, bool), STANDARD)
@@ -573,7 +573,7 @@ def test_windows_locate_on_real_files_with_irregular_timestamps() -> None:
 
 
 def _nab_corpus() -> list[ScoredSeries]:
-    windows = load_windows(NAB_DEV / "windows.json")
+    windows = load_windows(NAB_WINDOWS)
     return [_read_nab(key, windows[key], score=True) for key in REAL_FILES]
 
 

@@ -14,8 +14,9 @@ import pytest
 
 from streamlstm.core.records import Point
 from streamlstm.sources.files import InputFileError, parse_timestamps, read_table, read_tables
+from tests.nab_sample import nab_file
 
-NAB_FILE = Path("/work/shared/nab-dev/data/realKnownCause/ec2_request_latency_system_failure.csv")
+NAB_FILE = nab_file("realKnownCause/ec2_request_latency_system_failure.csv")
 T0 = datetime(2014, 3, 7, 3, 41, tzinfo=UTC).timestamp()  # 1394163660.0
 
 

@@ -14,6 +14,7 @@ from streamlstm.core.pipeline import Pipeline, score_points
 from streamlstm.model.artifact import Artifact, load_artifact, save_artifact
 from streamlstm.sources.files import read_table
 from streamlstm.training import SeriesHistory, TrainingError, TrainingSettings, fit
+from tests.nab_sample import nab_file
 from tests.unit.core_helpers import (
     STEP,
     TINY_SETTINGS,
@@ -24,7 +25,7 @@ from tests.unit.core_helpers import (
     to_points,
 )
 
-NAB_FILE = Path("/work/shared/nab-dev/data/realKnownCause/ec2_request_latency_system_failure.csv")
+NAB_FILE = nab_file("realKnownCause/ec2_request_latency_system_failure.csv")
 QUICK = dataclasses.replace(TINY_SETTINGS, epochs=2)
 
 
