@@ -48,7 +48,13 @@ from streamlstm.core.memory import WindowMemory
 from streamlstm.core.records import Point, Score
 from streamlstm.core.scoring import Scorer, Spread, centre
 from streamlstm.core.state import SeriesRegistry
-from streamlstm.core.windows import Pushes, Router, WindowTails, group_rounds, round_blocks
+from streamlstm.core.windows import (
+    Pushes,
+    Router,
+    WindowTails,
+    rank_within_groups,
+    round_blocks,
+)
 from streamlstm.model.artifact import Artifact
 
 SNAPSHOT_FORMAT = 1
@@ -226,32 +232,25 @@ class Pipeline:
         if len(pushes.slots) == 0:
             return
         windows = self.tails.cut(pushes)
-        if len(ready) == 0:
-            self._push_only(pushes)
-            return
-        centred = centre(windows.astype(np.float64))
-        scales = np.empty((len(ready), windows.shape[2]))
-        r_slots = pushes.slots[ready]
-        for block in round_blocks(pushes.seq[ready]):
-            scales[block] = self.spread.update(r_slots[block], centred[block].var(axis=1))
-        model_started = self._clock()
-        # The model sees the windows in input order, whatever slots the series hold: a batched
-        # matmul rounds a row differently at another position, and a restored pipeline must
-        # score bit for bit as the one that never stopped.
-        order = np.argsort(pushes.point[ready], kind="stable")
+        n_features = windows.shape[2]
+        scales = np.empty((len(ready), n_features))
         errors = np.empty(len(ready))
-        errors[order] = self.scorer.errors(
-            (centred[order] / scales[order][:, None, :]).astype(np.float32))
-        result.scoring_seconds += self._clock() - model_started
+        # Windows in input order: the model sees them so, whatever slots the series hold (a
+        # batched matmul rounds a row differently at another position, and a restored pipeline
+        # must score bit for bit as the one that never stopped), and the scores come out so.
+        order = np.argsort(pushes.point[ready], kind="stable")
+        if len(ready):
+            centred = centre(windows.astype(np.float64))
+            r_slots = pushes.slots[ready]
+            for block in round_blocks(pushes.seq[ready]):
+                scales[block] = self.spread.update(r_slots[block], centred[block].var(axis=1))
+            model_started = self._clock()
+            errors[order] = self.scorer.errors(
+                (centred[order] / scales[order][:, None, :]).astype(np.float32))
+            result.scoring_seconds += self._clock() - model_started
         scores, alarms, novelty = self._rounds(pushes, ready, scales, errors)
-        self._emit(part, offset, pushes, ready, errors, scores, alarms, novelty, warmup, result)
-
-    def _push_only(self, pushes: Pushes) -> None:
-        if self.memory is not None:
-            real = np.flatnonzero(pushes.point >= 0)
-            _, rank = group_rounds(pushes.slots[real])
-            for block in round_blocks(rank):
-                self.memory.push(pushes.slots[real[block]], pushes.values[real[block]])
+        self._emit(part, offset, pushes, ready, order, errors, scores, alarms, novelty, warmup,
+                   result)
 
     def _rounds(self, pushes: Pushes, ready: np.ndarray, scales: np.ndarray,
                 errors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -265,8 +264,7 @@ class Pipeline:
         periods = self.settings.season_values(self.router.interval[pushes.slots[ready]])
         # Only real points enter the memory: interpolated stretches are not what a series did.
         real = np.flatnonzero(pushes.point >= 0)
-        _, rank = group_rounds(pushes.slots[real])  # each series' k-th real point
-        for block in round_blocks(rank):
+        for block in round_blocks(rank_within_groups(pushes.slots[real])):  # k-th real points
             block = real[block]
             slots = pushes.slots[block]
             held = (self.memory.push(slots, pushes.values[block])
@@ -289,10 +287,10 @@ class Pipeline:
         return scores, alarms, novelty
 
     def _emit(self, part: Sequence[Point], offset: int, pushes: Pushes, ready: np.ndarray,
-              errors: np.ndarray, scores: np.ndarray, alarms: np.ndarray, novelty: np.ndarray,
-              warmup: Sequence[bool] | None, result: StepResult) -> None:
+              order: np.ndarray, errors: np.ndarray, scores: np.ndarray, alarms: np.ndarray,
+              novelty: np.ndarray, warmup: Sequence[bool] | None, result: StepResult) -> None:
+        """One Score per ready window, in input order (``order``), but for warm-up points."""
         positions = pushes.point[ready]
-        order = np.argsort(positions, kind="stable")  # scores in input order
         version = self.model_version
         threshold = self.alarms.threshold
         for j in order.tolist():

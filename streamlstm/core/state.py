@@ -123,11 +123,11 @@ class SeriesRegistry:
             slot = index.get(name)
             if slot is None:
                 if not self._free:
-                    victim = index[next(iter(index))]
-                    if victim in touched:
+                    oldest = next(iter(index))
+                    if index[oldest] in touched:
                         self._run_hooks(fresh, [names[j] for j in new])
                         return SlotLookup(slots[:i], i, new, evicted)
-                    self.forget(next(iter(index)))
+                    self.forget(oldest)
                     evicted += 1
                 slot = self._free.pop()
                 index[name] = slot

@@ -50,11 +50,16 @@ class Pushes:
 def group_rounds(slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``order`` (stable by slot) and each element's rank within its slot's group."""
     order = np.argsort(slots, kind="stable")
-    grouped = slots[order]
+    return order, rank_within_groups(slots[order])
+
+
+def rank_within_groups(grouped: np.ndarray) -> np.ndarray:
+    """Each element's rank within its run of equal values (``grouped`` is grouped already)."""
+    if len(grouped) == 0:
+        return np.empty(0, np.int64)
     starts = np.r_[0, np.flatnonzero(grouped[1:] != grouped[:-1]) + 1]
     lengths = np.diff(np.r_[starts, len(grouped)])
-    rank = np.arange(len(grouped)) - np.repeat(starts, lengths)
-    return order, rank
+    return np.arange(len(grouped)) - np.repeat(starts, lengths)
 
 
 def round_blocks(rank: np.ndarray) -> list[np.ndarray]:
@@ -148,13 +153,12 @@ class Router:
         start, end = previous[point], values[point]
         pushed = np.where(own[:, None], end, start + (end - start) * frac)
         push_slots = slots[point]
-        _, seq = group_rounds(push_slots)  # already grouped: this is the rank within a series
         return Pushes(
             slots=push_slots,
             values=pushed,
             point=np.where(own, point, -1),
             ready=own & ready[point],
-            seq=seq,
+            seq=rank_within_groups(push_slots),
             late=np.flatnonzero(~accepted),
             restarted=restarted,
         )
@@ -172,8 +176,7 @@ class WindowTails:
         each series' last ``window - 1`` values."""
         w = self.window
         tail = w - 1
-        order, rank = group_rounds(pushes.slots)
-        heads = order[rank == 0]  # each series' first push (pushes are grouped already)
+        heads = np.flatnonzero(pushes.seq == 0)  # each series' first push
         groups = pushes.slots[heads]
         lengths = np.diff(np.r_[heads, len(pushes.slots)])
         # Per series: its last W - 1 values before this batch, then its pushes.
