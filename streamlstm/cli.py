@@ -10,44 +10,77 @@ import argparse
 import csv
 import json
 import logging
+import math
 import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+from streamlstm import __version__, logs
 from streamlstm import config as config_module
 from streamlstm.core.calibration import CalibrationSettings
-from streamlstm.errors import ConfigError, StreamlstmError
+from streamlstm.errors import ArtifactError, ConfigError, StreamlstmError
 
 # Pretrained on generated series only (`streamlstm train --synthetic 150 ...`, see
 # streamlstm/data/README.md), so it has never seen any series it is evaluated on.
 BUNDLED_MODEL = Path(__file__).parent / "data" / "model"
 
+DESCRIPTION = ("Streaming anomaly detection: Kafka in, LSTM autoencoder scores, "
+               "InfluxDB and Prometheus out.")
+#: Where `run` finds its models, and the default model of `replay`, `evaluate` and `models`.
+MODEL_PATH_ENV = "STREAMLSTM_MODEL_PATH"
+
 log = logging.getLogger("streamlstm")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``streamlstm`` and ``python -m streamlstm``."""
-    parser = _parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=os.environ.get("STREAMLSTM_LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("kafka").setLevel(logging.WARNING)
+    """Entry point of ``streamlstm`` and ``python -m streamlstm``.
+
+    What a user gets wrong ends in one line on stderr and an exit code, never a traceback:
+    2 for a bad setting or option, 1 for anything else, 141 (128 + SIGPIPE) when stdout's
+    reader has gone (``streamlstm config | head -1``), 130 for Ctrl-C.
+    """
+    args = _parser().parse_args(argv)
     try:
+        # --log-level, else STREAMLSTM_LOG_LEVEL / STREAMLSTM_LOG_FORMAT (checked as config
+        # keys, so a bad value names its variable); `run` applies its config file's on top.
+        early = config_module.load(None, {name: os.environ[name] for name in (
+            "STREAMLSTM_LOG_LEVEL", "STREAMLSTM_LOG_FORMAT") if name in os.environ})
+        logs.configure(args.log_level or early.log_level, early.log_format)
         return int(args.handler(args) or 0)
     except ConfigError as exc:
-        print(f"streamlstm: config error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(f"config error: {exc}", 2)
     except StreamlstmError as exc:
-        print(f"streamlstm: error: {exc}", file=sys.stderr)
-        return 1
+        return _fail(f"error: {exc}", 1)
+    except BrokenPipeError:
+        return _closed_pipe()
+    except OSError as exc:  # a path the user named: permission denied, a directory, disk full
+        where = f"{exc.filename}: " if exc.filename else ""
+        return _fail(f"error: {where}{exc.strerror or exc}", 1)
     except KeyboardInterrupt:
         return 130
+
+
+def _fail(message: str, code: int) -> int:
+    """Report why the command stops: one line, as a JSON log record when logs are JSON."""
+    if logs.json_enabled():
+        log.error("%s", message)
+    else:
+        print(f"streamlstm: {message}", file=sys.stderr)
+    return code
+
+
+def _closed_pipe() -> int:
+    """Stop quietly when stdout's reader went away, as the shell's own tools do."""
+    try:  # the interpreter flushes stdout once more at exit: let that go nowhere
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass  # stdout is not a file (in-process callers)
+    return 141
 
 
 # ---------------------------------------------------------------- run
@@ -55,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     settings = config_module.load(args.config, os.environ)
-    logging.getLogger().setLevel(settings.log_level)
+    logs.configure(args.log_level or settings.log_level, settings.log_format)
     service, server = build_service(settings)
     signal.signal(signal.SIGTERM, lambda *_: service.stop())
     signal.signal(signal.SIGINT, lambda *_: service.stop())
@@ -103,20 +136,55 @@ def build_service(settings: config_module.Settings, registry: Any = None) -> tup
         season_s=settings.windows.season_s,
         season_periods=settings.windows.season_periods,
     ), device=device)
-    decoder = JsonDecoder(settings.decoder, artifact.feature_names)
-    source = KafkaSource(settings.kafka, decoder)
+    # The clock turns on the decoder's timestamp window (decoder.max_past_s / max_future_s).
+    decoder = JsonDecoder(settings.decoder, artifact.feature_names, clock=time.time)
+    checkpointer = _checkpointer(settings, pipeline, metrics)
+    source = KafkaSource(settings.kafka, decoder, partition_state=checkpointer,
+                         refill_points=pipeline.window)
     sink = InfluxSink(settings.influx)
-    service = Service(source, sink, pipeline, metrics, ServiceSettings(
+    service = Service(source, sink, pipeline, metrics, checkpointer=checkpointer,
+                      settings=ServiceSettings(
         topic=settings.kafka.topic,
         model_path=settings.model.path,
         device=device,
         reload_interval_s=settings.model.reload_interval_s,
         retry_initial_s=settings.influx.retry_initial_s,
         retry_max_s=settings.influx.retry_max_s,
+        stall_after_s=settings.metrics.stall_after_s,
     ))
     server = MetricsServer(registry, settings.metrics.host, settings.metrics.port,
                            health=service.health, ready=service.ready)
     return service, server
+
+
+def _checkpointer(settings: config_module.Settings, pipeline: Any, metrics: Any) -> Any:
+    """The checkpoint store named by ``checkpoint.store``, or None when it is ``none``."""
+    from streamlstm.checkpoints.checkpointer import Checkpointer, CheckpointPolicy
+    from streamlstm.checkpoints.kafka_topic import KafkaTopicStore
+    from streamlstm.checkpoints.stores import CheckpointStore, DirectoryStore
+    from streamlstm.errors import CheckpointError
+
+    chosen = settings.checkpoint
+    kafka = settings.kafka
+    store: CheckpointStore
+    try:
+        if chosen.store == "none":
+            return None
+        if chosen.store == "kafka":
+            store = KafkaTopicStore(
+                kafka, chosen.topic or f"{kafka.group_id}-state", kafka.topic,
+                pipeline.state_layout(), max_record_bytes=chosen.max_record_bytes,
+                replication_factor=chosen.replication_factor)
+        else:
+            root = (Path(chosen.directory) if chosen.directory
+                    else Path(settings.model.path).absolute().parent / "checkpoints")
+            store = DirectoryStore(root / kafka.group_id / kafka.topic, keep=chosen.keep)
+    except CheckpointError as exc:  # a directory that cannot be made, a state too large
+        key = "checkpoint.directory" if chosen.store == "directory" else (
+            "checkpoint.max_record_bytes")
+        raise ConfigError(key, "a usable checkpoint store", str(exc)) from exc
+    return Checkpointer(pipeline, store, metrics.checkpoints,
+                        CheckpointPolicy(chosen.interval_s, chosen.interval_events))
 
 
 # ---------------------------------------------------------------- train
@@ -212,11 +280,17 @@ def _training_table(args: argparse.Namespace, source: str, features: list[str] |
         return kafka_history.read_history(kafka, decoder, args.start_ts, args.end_ts)
     from streamlstm.sources import influx_history
 
-    url = args.influx_url or os.environ.get("INFLUXDB_V2_URL") or influx_history.DEFAULT_URL
-    return influx_history.read_history(influx_history.InfluxHistoryQuery(
-        url=url, query=args.influx_query, database=args.influx_db,
-        token=os.environ.get("INFLUXDB_V2_TOKEN", ""),
-    ), features)
+    from_env = None if args.influx_url else os.environ.get("INFLUXDB_V2_URL")
+    url = args.influx_url or from_env or influx_history.DEFAULT_URL
+    try:
+        return influx_history.read_history(influx_history.InfluxHistoryQuery(
+            url=url, query=args.influx_query, database=args.influx_db,
+            token=os.environ.get("INFLUXDB_V2_TOKEN", ""),
+        ), features)
+    except influx_history.InfluxQueryError as exc:
+        if from_env:
+            raise influx_history.InfluxQueryError(f"{exc} (URL from INFLUXDB_V2_URL)") from exc
+        raise
 
 
 # ---------------------------------------------------------------- replay
@@ -224,19 +298,20 @@ def _training_table(args: argparse.Namespace, source: str, features: list[str] |
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from streamlstm.core.pipeline import Pipeline, PipelineSettings, score_points
-    from streamlstm.model.artifact import load_artifact
     from streamlstm.sources.files import read_table
 
-    artifact = load_artifact(args.model)
-    total = 0
+    artifact = _load_model(args.model)
+    multi = artifact.architecture.n_features > 1
     started = time.perf_counter()
+    # Every input is read and checked before a line is written.
+    tables = [read_table(path, artifact.feature_names if multi else None) for path in args.input]
+    _check_output_path(args.output, "--output")
+    total = 0
     with _open_output(args.output) as handle:
         writer = csv.writer(handle)
-        multi = artifact.architecture.n_features > 1
         writer.writerow(["series", "timestamp", *(artifact.feature_names if multi else ["value"]),
                          "anomaly_score", "is_anomaly", "error", "novelty", "threshold"])
-        for path in args.input:
-            table = read_table(path, artifact.feature_names if multi else None)
+        for table in tables:
             pipeline = Pipeline(artifact, PipelineSettings(stride=args.stride))
             points = table.points()
             scores = score_points(pipeline, points)
@@ -261,10 +336,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from streamlstm import evaluation
-    from streamlstm.model.artifact import load_artifact
 
     labels = evaluation.load_windows(args.labels)
-    artifact = load_artifact(args.model)
+    if args.output:
+        _check_output_path(args.output, "--output")
+    artifact = _load_model(args.model)
     series_list, rows, elapsed = score_labelled_files(
         _expand_data(args.data), labels, artifact, args.labels)
     calibration = CalibrationSettings.from_dict(artifact.calibration)
@@ -353,7 +429,10 @@ def _expand_data(paths: Sequence[str]) -> list[Path]:
     files: list[Path] = []
     for raw in paths:
         path = Path(raw)
-        files.extend(sorted(path.rglob("*.csv")) if path.is_dir() else [path])
+        found = sorted(path.rglob("*.csv")) if path.is_dir() else [path]
+        if not found:
+            raise StreamlstmError(f"{path}: no CSV files in this directory")
+        files.extend(found)
     return files
 
 
@@ -369,9 +448,10 @@ def _label_key(path: Path, labels: dict[str, Any]) -> str | None:
 def cmd_models_list(args: argparse.Namespace) -> int:
     from streamlstm.model.artifact import list_versions
 
-    rows = list_versions(args.models)
+    models = _models_dir(args.models)
+    rows = list_versions(models)
     if not rows:
-        print(f"no models in {args.models}")
+        print(f"no models in {models}")
         return 0
     print(f"{'':2}{'version':28} {'created':21} {'cell':5} {'window':>6} {'val loss':>10} "
           f"{'series':>7} {'windows':>9}")
@@ -387,8 +467,9 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 def cmd_models_activate(args: argparse.Namespace) -> int:
     from streamlstm.model.artifact import load_artifact, set_current
 
-    load_artifact(Path(args.models) / args.version)  # refuse to point at a broken model
-    set_current(args.models, args.version)
+    models = _models_dir(args.models)
+    load_artifact(Path(models) / args.version)  # refuse to point at a broken model
+    set_current(models, args.version)
     print(f"current model is now {args.version}")
     return 0
 
@@ -417,6 +498,38 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def _load_model(option: str | None) -> Any:
+    """The model ``--model`` names, else ``$STREAMLSTM_MODEL_PATH``'s, else the bundled one.
+
+    An error about the variable's model names the variable.
+    """
+    from streamlstm.model.artifact import load_artifact
+
+    from_env = os.environ.get(MODEL_PATH_ENV) if option is None else None
+    try:
+        return load_artifact(option or from_env or BUNDLED_MODEL)
+    except ArtifactError as exc:
+        if from_env:
+            raise ArtifactError(f"{MODEL_PATH_ENV}: {exc}") from exc
+        raise
+
+
+def _models_dir(option: str | None) -> str:
+    """``--models``, else ``$STREAMLSTM_MODEL_PATH``, else ``models``."""
+    return option or os.environ.get(MODEL_PATH_ENV) or "models"
+
+
+def _check_output_path(target: str, option: str) -> None:
+    """Refuse, before any work, an output file whose directory does not exist."""
+    if target == "-":
+        return
+    path = Path(target)
+    if path.is_dir():
+        raise StreamlstmError(f"{option} {target}: is a directory; give a file name")
+    if not path.parent.is_dir():
+        raise StreamlstmError(f"{option} {target}: directory {path.parent} does not exist")
 
 
 def _split(text: str | None) -> list[str] | None:
@@ -450,19 +563,78 @@ class _open_output:
             self.handle.close()
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="streamlstm", description=__doc__.split("\n")[0])
-    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
-    run = verbs.add_parser("run", help="run the daemon: Kafka in, scores to InfluxDB")
-    run.add_argument("--config", help="YAML settings file (environment variables override it)")
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, unless it has none or its help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if any(action.default is nothing for nothing in (None, False, argparse.SUPPRESS)) or (
+                "default" in text):
+            return text
+        return super()._get_help_string(action) or text
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line: ``streamlstm replay: error: ... (see --help)``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _number(kind: type, low: float, high: float = math.inf, open_ends: str = "",
+            what: str = "") -> Callable[[str], Any]:
+    """An argparse type: ``kind(text)`` in ``[low, high]``; ``open_ends`` "low" and/or "high"
+    leave that end out. Anything else is an error ``expected WHAT, got TEXT``."""
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = math.nan
+        if not (low <= value <= high) or ("low" in open_ends and value == low) or (
+                "high" in open_ends and value == high):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+    return parse
+
+
+_positive_int = _number(int, 1, what="a positive integer")
+_count = _number(int, 0, what="zero or a positive integer")
+_positive = _number(float, 0, open_ends="low", what="a positive number")
+_non_negative = _number(float, 0, what="zero or a positive number")
+_score = _number(float, 0, 1, open_ends="low", what="a score in (0, 1]")
+_share = _number(float, 0, 1, open_ends="low high", what="a fraction between 0 and 1")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="streamlstm", description=DESCRIPTION,
+                     epilog="`streamlstm VERB --help` describes a verb and its options.",
+                     formatter_class=_HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"streamlstm {__version__}")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, metavar="LEVEL",
+                        help="DEBUG, INFO, WARNING or ERROR, any case; DEBUG also shows "
+                             "kafka-python's own logs (default: STREAMLSTM_LOG_LEVEL, for run "
+                             "the config's log_level, else INFO)")
+
+    def verb(group: Any, name: str, summary: str, description: str | None = None) -> Any:
+        return group.add_parser(name, help=summary, parents=[common],
+                                description=description or summary[0].upper() + summary[1:] + ".",
+                                formatter_class=_HelpFormatter)
+
+    run = verb(verbs, "run", "run the daemon: Kafka in, scores to InfluxDB")
+    run.add_argument("--config", metavar="FILE",
+                     help="YAML settings file (default: none, built-in defaults; environment "
+                          "variables override either)")
     run.set_defaults(handler=cmd_run)
 
-    train = verbs.add_parser(
-        "train", help="train a model from history: files, a Kafka time range, InfluxDB or "
-                      "generated series",
-        description="Train a model from history. Give exactly one source: --input FILES, "
-                    "--kafka-topic with --from/--to, --influx-query, or --synthetic N.")
+    train = verb(verbs, "train", "train a model from history: files, a Kafka time range, "
+                                 "InfluxDB or generated series",
+                 "Train a model from history; give exactly one source: --input FILES, "
+                 "--kafka-topic with --from/--to, --influx-query, or --synthetic N.")
     sources = train.add_mutually_exclusive_group(required=True)
     sources.add_argument("--input", nargs="+", metavar="FILE", help="CSV or Parquet files")
     sources.add_argument("--kafka-topic", metavar="TOPIC",
@@ -471,10 +643,12 @@ def _parser() -> argparse.ArgumentParser:
     sources.add_argument("--influx-query", metavar="INFLUXQL",
                          help="an InfluxQL SELECT; each series (measurement,tag=value,...) "
                               "is one series, the selected fields are the features")
-    sources.add_argument("--synthetic", type=int, metavar="N_SERIES",
+    sources.add_argument("--synthetic", type=_positive_int, metavar="N_SERIES",
                          help="N generated normal series (streamlstm.synthetic): how the "
                               "bundled model is trained")
-    train.add_argument("--output", required=True, help="models directory (a new version)")
+    train.add_argument("--output", required=True, metavar="DIR",
+                       help="models directory (created if missing); the model is a new "
+                            "version in it")
     train.add_argument("--features", help="value columns, comma-separated (default: all; "
                                           "with --kafka-topic: value)")
     kafka = train.add_argument_group("Kafka history (--kafka-topic)")
@@ -484,84 +658,107 @@ def _parser() -> argparse.ArgumentParser:
                        help="RFC 3339 or epoch time, included")
     kafka.add_argument("--to", dest="end", metavar="TIME",
                        help="RFC 3339 or epoch time, excluded (default: now)")
-    kafka.add_argument("--config", help="the daemon's YAML settings: Kafka security and the "
-                                        "decoder's field names (environment variables apply)")
+    kafka.add_argument("--config", metavar="FILE",
+                       help="the daemon's YAML settings: Kafka security and the decoder's "
+                            "field names (environment variables apply)")
     influx = train.add_argument_group("InfluxDB history (--influx-query; the token comes from "
                                       "INFLUXDB_V2_TOKEN: user:password or an API token)")
     influx.add_argument("--influx-url", metavar="URL",
                         help="default: INFLUXDB_V2_URL, else http://127.0.0.1:8086")
     influx.add_argument("--influx-db", metavar="DB",
                         help="database (on 2.x the DBRP-mapped database) for /query's db=")
-    train.add_argument("--window", type=int, default=32)
-    train.add_argument("--hidden-size", type=int, default=32)
-    train.add_argument("--layers", type=int, default=1)
-    train.add_argument("--cell", choices=["lstm", "gru"], default="lstm")
-    train.add_argument("--epochs", type=int, default=30)
-    train.add_argument("--batch-size", type=int, default=256)
-    train.add_argument("--learning-rate", type=float, default=3e-3)
-    train.add_argument("--validation-fraction", type=float, default=0.2)
-    train.add_argument("--patience", type=int, default=4)
-    train.add_argument("--stride", type=int, default=1)
-    train.add_argument("--max-windows", type=int, default=100_000)
+    model = train.add_argument_group("model and training")
+    model.add_argument("--window", type=_positive_int, default=32,
+                       help="values in a window (the model's input length)")
+    model.add_argument("--hidden-size", type=_positive_int, default=32,
+                       help="units of each recurrent layer")
+    model.add_argument("--layers", type=_positive_int, default=1,
+                       help="recurrent layers of the encoder and of the decoder")
+    model.add_argument("--cell", choices=["lstm", "gru"], default="lstm",
+                       help="recurrent cell type")
+    model.add_argument("--epochs", type=_positive_int, default=30,
+                       help="most passes over the training windows")
+    model.add_argument("--batch-size", type=_positive_int, default=256,
+                       help="windows per optimiser step")
+    model.add_argument("--learning-rate", type=_positive, default=3e-3, help="Adam's step size")
+    model.add_argument("--validation-fraction", type=_share, default=0.2,
+                       help="share of each series' windows (its latest) held out for validation")
+    model.add_argument("--patience", type=_count, default=4,
+                       help="epochs without a better validation loss before training stops")
+    model.add_argument("--stride", type=_positive_int, default=1,
+                       help="take every Nth window of the history")
+    model.add_argument("--max-windows", type=_positive_int, default=100_000,
+                       help="at most this many training windows (a random sample)")
+    model.add_argument("--seed", type=_count, default=0, help="random seed")
+    model.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu",
+                       help="where to train (auto: cuda when available)")
     defaults = CalibrationSettings()
-    train.add_argument("--threshold", type=float, default=defaults.threshold,
-                       help="anomaly score at which a window alarms")
-    train.add_argument("--warmup", type=int, default=defaults.warmup,
-                       help="windows a series is scored before it may alarm")
-    train.add_argument("--alarm-hold", type=int, default=defaults.alarm_hold,
-                       help="windows a series stays quiet after an alarm")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu")
+    alarms = train.add_argument_group("alarms (stored with the model)")
+    alarms.add_argument("--threshold", type=_score, default=defaults.threshold,
+                        help="anomaly score at which a window alarms")
+    alarms.add_argument("--warmup", type=_positive_int, default=defaults.warmup,
+                        help="windows a series is scored before it may alarm")
+    alarms.add_argument("--alarm-hold", type=_count, default=defaults.alarm_hold,
+                        help="windows a series stays quiet after an alarm")
     train.add_argument("--no-activate", action="store_true",
                        help="write the version without pointing 'current' at it")
     train.set_defaults(handler=cmd_train, train_parser=train)
 
-    default_model = os.environ.get("STREAMLSTM_MODEL_PATH", str(BUNDLED_MODEL))
-    replay = verbs.add_parser("replay", help="score files offline with the daemon's pipeline")
-    replay.add_argument("input", nargs="+", help="CSV or Parquet files")
-    replay.add_argument("--output", default="-", help="CSV to write (default: stdout)")
-    replay.add_argument("--model", default=default_model,
-                        help="model version or models directory (default: the bundled model, "
-                             "pretrained on synthetic series)")
-    replay.add_argument("--stride", type=int, default=1)
+    model_help = ("model version or models directory (default: STREAMLSTM_MODEL_PATH, else the "
+                  "bundled model, pretrained on synthetic series)")
+    replay = verb(verbs, "replay", "score files offline with the daemon's pipeline, to CSV")
+    replay.add_argument("input", nargs="+", metavar="FILE", help="CSV or Parquet files")
+    replay.add_argument("--output", default="-", metavar="FILE",
+                        help="CSV to write; its directory must exist (default: - for stdout)")
+    replay.add_argument("--model", metavar="PATH", help=model_help)
+    replay.add_argument("--stride", type=_positive_int, default=1,
+                        help="score every Nth event of a series")
     replay.set_defaults(handler=cmd_replay)
 
-    evaluate = verbs.add_parser("evaluate", help="score labelled files, NAB-style")
-    evaluate.add_argument("data", nargs="+", help="CSV files or directories")
-    evaluate.add_argument("--labels", required=True, help="NAB windows.json")
-    evaluate.add_argument("--model", default=default_model,
-                        help="model version or models directory (default: the bundled model, "
-                             "pretrained on synthetic series)")
-    evaluate.add_argument("--output", help="write the results as JSON")
-    evaluate.add_argument("--plots", help="directory for one PNG per series")
+    evaluate = verb(verbs, "evaluate", "score labelled files and report NAB scores")
+    evaluate.add_argument("data", nargs="+", metavar="PATH", help="CSV files or directories")
+    evaluate.add_argument("--labels", required=True, metavar="FILE",
+                          help="NAB windows.json: file -> anomaly windows")
+    evaluate.add_argument("--model", metavar="PATH", help=model_help)
+    evaluate.add_argument("--output", metavar="FILE", help="write the results as JSON")
+    evaluate.add_argument("--plots", metavar="DIR",
+                          help="directory (created if missing) for one PNG per series")
     evaluate.set_defaults(handler=cmd_evaluate)
 
-    models = verbs.add_parser("models", help="list or activate model versions")
+    models = verbs.add_parser("models", help="list or activate model versions",
+                              description="List or activate model versions.",
+                              formatter_class=_HelpFormatter)
     models_verbs = models.add_subparsers(dest="models_verb", required=True, metavar="ACTION")
-    models_list = models_verbs.add_parser("list", help="versions, the current one starred")
-    models_list.add_argument("--models", default=os.environ.get("STREAMLSTM_MODEL_PATH", "models"))
+    models_help = "models directory (default: STREAMLSTM_MODEL_PATH, else models)"
+    models_list = verb(models_verbs, "list", "list the versions, the current one starred")
+    models_list.add_argument("--models", metavar="DIR", help=models_help)
     models_list.set_defaults(handler=cmd_models_list)
-    activate = models_verbs.add_parser("activate", help="point 'current' at a version")
-    activate.add_argument("version")
-    activate.add_argument("--models", default=os.environ.get("STREAMLSTM_MODEL_PATH", "models"))
+    activate = verb(models_verbs, "activate", "point 'current' at a version")
+    activate.add_argument("version", help="a version directory name, as `models list` shows")
+    activate.add_argument("--models", metavar="DIR", help=models_help)
     activate.set_defaults(handler=cmd_models_activate)
 
-    config = verbs.add_parser("config", help="check a config file and print the settings")
-    config.add_argument("--config")
+    config = verb(verbs, "config", "check a config file and print the effective settings")
+    config.add_argument("--config", metavar="FILE",
+                        help="YAML settings file (default: none, built-in defaults; environment "
+                             "variables override either)")
     config.set_defaults(handler=cmd_config)
 
-    produce = verbs.add_parser("produce", help="send a CSV's rows to Kafka as JSON events")
-    produce.add_argument("--input", nargs="+", required=True)
-    produce.add_argument("--topic", default="metrics")
-    produce.add_argument("--bootstrap", default="127.0.0.1:9092")
-    produce.add_argument("--rate", type=float, default=0.0,
+    produce = verb(verbs, "produce", "send the rows of CSV files to Kafka as JSON events")
+    produce.add_argument("--input", nargs="+", required=True, metavar="FILE",
+                         help="CSV or Parquet files")
+    produce.add_argument("--topic", default="metrics", help="topic to send to")
+    produce.add_argument("--bootstrap", default="127.0.0.1:9092", metavar="HOST:PORT",
+                         help="brokers")
+    produce.add_argument("--rate", type=_non_negative, default=0.0,
                          help="events/s (0: as fast as possible)")
     produce.add_argument("--restamp", action="store_true",
                          help="stamp each event with the time it is sent")
     produce.set_defaults(handler=cmd_produce)
 
-    demo = verbs.add_parser("demo", help="local broker + InfluxDB, a dataset replayed, scored")
-    demo.add_argument("--workdir", default="var/demo")
+    demo = verb(verbs, "demo", "start a local broker and InfluxDB, replay a dataset, score it")
+    demo.add_argument("--workdir", default="var/demo", metavar="DIR",
+                      help="where the servers keep their data and logs")
     demo.add_argument("--keep-running", action="store_true",
                       help="keep the servers and the daemon up after the replay is scored")
     demo.set_defaults(handler=cmd_demo)

@@ -42,9 +42,13 @@ class KafkaSettings:
     max_poll_interval_ms: int = 300_000
     max_poll_records: int = 2_000
     poll_timeout_ms: int = 500
-    # On partition assignment, re-read up to this many records before the committed offset
-    # so the windows are full again when scoring resumes (they are not written twice).
-    rewind_records: int = 5_000
+    # A partition assigned without a usable checkpoint is re-read from before its committed
+    # offset, as far back as every recently active series needs to fill its window again (but
+    # at most this many records); those records update state and are not written twice.
+    rewind_records: int = 200_000
+    # Start-up fails with one line when no broker answers within this long (kafka-python's
+    # bootstrap_timeout_ms: what bounds the wait on an unreachable or closed address).
+    connect_timeout_ms: int = 10_000
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,11 @@ class DecoderSettings:
     timestamp_field: str = "timestamp"
     value_field: str = "value"
     values_field: str = "values"  # object of named features, for multi-feature models
+    # The daemon accepts event times from this long before now to this long after it; others
+    # are dead-lettered as timestamp_out_of_range (0: no bound that way). Replay and evaluate
+    # take any time; so must a daemon fed recorded history (the demo sets max_past_s to 0).
+    max_past_s: float = 365 * 86_400.0
+    max_future_s: float = 86_400.0
 
 
 @dataclass(frozen=True)
@@ -103,12 +112,34 @@ class WindowSettings:
 
 
 @dataclass(frozen=True)
+class CheckpointSettings:
+    """Where and how often the per-series state is checkpointed (see `streamlstm.checkpoints`).
+
+    ``directory`` suits one daemon or a StatefulSet (one volume per pod); ``kafka`` (a compacted
+    topic, one record per series) lets the daemons of one consumer group hand state over on a
+    rebalance without shared disks. ``none`` turns checkpoints off: every restart then rewinds.
+    """
+
+    store: Literal["directory", "kafka", "none"] = "directory"
+    directory: str = ""  # "": a "checkpoints" folder next to the models directory
+    topic: str = ""  # "": "<kafka.group_id>-state"
+    interval_s: float = 60.0
+    interval_events: int = 0  # also after this many events (0: by time only)
+    keep: int = 2  # checkpoint files kept per partition (directory store)
+    max_record_bytes: int = 1_000_000  # the broker's message.max.bytes (kafka store)
+    replication_factor: int = -1  # of the state topic when it is created (-1: broker default)
+
+
+@dataclass(frozen=True)
 class MetricsSettings:
     """The HTTP endpoint with /metrics, /healthz and /readyz."""
 
     host: str = "0.0.0.0"
     port: int = 9108
     per_series_labels: bool = False
+    # /healthz fails (and a liveness probe restarts the daemon) when the loop has not turned
+    # for this long; a store outage does not stop it turning, only /readyz says so.
+    stall_after_s: float = 120.0
 
 
 @dataclass(frozen=True)
@@ -120,8 +151,11 @@ class Settings:
     influx: InfluxSettings = field(default_factory=InfluxSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
     windows: WindowSettings = field(default_factory=WindowSettings)
+    checkpoint: CheckpointSettings = field(default_factory=CheckpointSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"  # any case: debug works
+    # plain: "2026-11-23T10:00:00.123Z INFO name: message" (UTC); json: one object per line.
+    log_format: Literal["plain", "json"] = "plain"
 
 
 # Environment variable -> dotted key. INFLUXDB_V2_* are influxdb-client's own names.
@@ -134,7 +168,10 @@ ENVIRONMENT_KEYS: dict[str, str] = {
     "STREAMLSTM_MODEL_DEVICE": "model.device",
     "STREAMLSTM_METRICS_PORT": "metrics.port",
     "STREAMLSTM_INFLUX_BUCKET": "influx.bucket",
+    "STREAMLSTM_CHECKPOINT_STORE": "checkpoint.store",
+    "STREAMLSTM_CHECKPOINT_DIRECTORY": "checkpoint.directory",
     "STREAMLSTM_LOG_LEVEL": "log_level",
+    "STREAMLSTM_LOG_FORMAT": "log_format",
     "INFLUXDB_V2_URL": "influx.url",
     "INFLUXDB_V2_ORG": "influx.org",
     "INFLUXDB_V2_TOKEN": "influx.token",
@@ -146,6 +183,7 @@ _POSITIVE = {
     "kafka.max_poll_interval_ms",
     "kafka.max_poll_records",
     "kafka.poll_timeout_ms",
+    "kafka.connect_timeout_ms",
     "influx.timeout_ms",
     "influx.retry_initial_s",
     "influx.retry_max_s",
@@ -155,8 +193,14 @@ _POSITIVE = {
     "windows.memory_windows",
     "windows.season_periods",
     "windows.idle_evict_s",
+    "checkpoint.interval_s",
+    "checkpoint.keep",
+    "checkpoint.max_record_bytes",
+    "metrics.stall_after_s",
 }
-_NON_NEGATIVE = {"kafka.rewind_records", "metrics.port", "windows.season_s", "model.threads"}
+_NON_NEGATIVE = {"decoder.max_past_s", "decoder.max_future_s",
+                 "kafka.rewind_records", "metrics.port", "windows.season_s", "model.threads",
+                 "checkpoint.interval_events"}
 _NON_EMPTY = {
     "kafka.bootstrap_servers",
     "kafka.topic",
@@ -187,8 +231,10 @@ def load(path: str | Path | None, environ: Mapping[str, str]) -> Settings:
         if not isinstance(loaded, dict):
             raise ConfigError("config", "a mapping at the top level", type(loaded).__name__)
         raw = loaded
+    from_env: dict[str, str] = {}  # dotted key -> the variable that set it
     for env_name, dotted in ENVIRONMENT_KEYS.items():
         if env_name in environ:
+            from_env[dotted] = env_name
             section, _, name = dotted.rpartition(".")
             if section and raw.get(section) is None:  # absent, or `influx:` with nothing under it
                 raw[section] = {}
@@ -196,8 +242,14 @@ def load(path: str | Path | None, environ: Mapping[str, str]) -> Settings:
             if not isinstance(target, dict):
                 raise ConfigError(section, "a mapping", target)
             target[name] = environ[env_name]
-    settings = _build(Settings, raw, prefix="")
-    _check_ranges(settings)
+    try:
+        settings = _build(Settings, raw, prefix="")
+        _check_ranges(settings)
+    except ConfigError as exc:
+        if exc.key not in from_env:
+            raise
+        # The value came from the environment: name the variable, not only the key.
+        raise ConfigError(exc.key, exc.expected, exc.got, variable=from_env[exc.key]) from exc
     return settings
 
 
@@ -245,10 +297,11 @@ def _coerce(key: str, hint: Any, value: Any) -> Any:
         return _coerce(key, inner[0], value)
     if origin is Literal:
         choices = [str(a) for a in args]
-        text = str(value)
-        if text not in choices:
+        # Any case is accepted (log_level: debug) and stored as the choice is spelt.
+        matches = [c for c in choices if c.lower() == str(value).lower()]
+        if not matches:
             raise ConfigError(key, "one of " + ", ".join(choices), value)
-        return text
+        return matches[0]
     if hint is bool:
         if isinstance(value, bool):
             return value

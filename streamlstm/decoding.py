@@ -5,9 +5,14 @@ A message is one JSON object::
     {"series": "host1.cpu", "timestamp": "2024-05-01T12:00:00Z", "value": 0.42}
     {"series": "host1", "timestamp": 1714564800123, "values": {"cpu": 0.42, "mem": 0.7}}
 
-Field names come from :class:`~streamlstm.config.DecoderSettings`. A message that cannot be
-decoded raises :class:`~streamlstm.errors.DecodeError` whose ``reason`` is one of
-:data:`REASONS`; callers count it, log it (see :class:`RateLimitedLog`) and dead-letter it.
+Field names come from :class:`~streamlstm.config.DecoderSettings`. Values must fit a float32
+(the per-series windows are float32); series names must be UTF-8 text without control
+characters and must not end in a backslash (line protocol cannot store one there). Given a
+``clock``, a timestamp must also lie within ``max_past_s`` before and ``max_future_s`` after
+it (0: no bound); the daemon passes one, readers of history (training from Kafka) do not.
+A message that cannot be decoded raises :class:`~streamlstm.errors.DecodeError` whose
+``reason`` is one of :data:`REASONS`; callers count it, log it (see :class:`RateLimitedLog`)
+and dead-letter it.
 Timestamps follow :mod:`streamlstm.core.timestamps`, the rules the file readers use too
 (:func:`parse_timestamp` stays importable from here).
 """
@@ -17,12 +22,13 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from streamlstm.config import DecoderSettings
-from streamlstm.core.records import Point
+from streamlstm.core.records import MAX_VALUE, Point
 from streamlstm.core.timestamps import BAD_TIMESTAMP, parse_timestamp
 from streamlstm.core.timestamps import MAX_TIMESTAMP as MAX_TIMESTAMP
 from streamlstm.core.timestamps import MIN_TIMESTAMP as MIN_TIMESTAMP
@@ -33,10 +39,14 @@ NOT_AN_OBJECT = "not_an_object"
 MISSING_FIELD = "missing_field"
 BAD_VALUE = "bad_value"
 BAD_SERIES = "bad_series"
+TIMESTAMP_OUT_OF_RANGE = "timestamp_out_of_range"
 #: Every reason a message can be rejected for; stable labels for metrics and dead-letter headers.
-REASONS = (INVALID_JSON, NOT_AN_OBJECT, MISSING_FIELD, BAD_VALUE, BAD_TIMESTAMP, BAD_SERIES)
+REASONS = (INVALID_JSON, NOT_AN_OBJECT, MISSING_FIELD, BAD_VALUE, BAD_TIMESTAMP, BAD_SERIES,
+           TIMESTAMP_OUT_OF_RANGE)
 
 MAX_SERIES_LENGTH = 256
+# C0 and C1 control characters, DEL, and lone surrogates (not encodable as UTF-8).
+_UNFIT_SERIES_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 _DETAIL_CHARS = 80
 
@@ -63,7 +73,30 @@ def _number(raw: object, name: str) -> float:
         raise DecodeError(BAD_VALUE, f"{name}: not a number: {_show(raw)}")
     if not -math.inf < value < math.inf:
         raise DecodeError(BAD_VALUE, f"{name}: not finite: {_show(raw)}")
+    if not -MAX_VALUE <= value <= MAX_VALUE:
+        raise DecodeError(BAD_VALUE, f"{name}: beyond the float32 range: {_show(raw)}")
     return value
+
+
+def check_series(series: str) -> str:
+    """``series`` if it can name a series, else raise ``DecodeError("bad_series", ...)``.
+
+    A name must be 1 to :data:`MAX_SERIES_LENGTH` characters of UTF-8 text without control
+    characters, not ending in a backslash (which line protocol cannot store at the end of a
+    tag value): so every accepted name is stored exactly, and distinct names stay distinct.
+    """
+    if not series:
+        raise DecodeError(BAD_SERIES, "empty series name")
+    if len(series) > MAX_SERIES_LENGTH:
+        raise DecodeError(BAD_SERIES, f"longer than {MAX_SERIES_LENGTH} characters")
+    unfit = _UNFIT_SERIES_CHARS.search(series)
+    if unfit is not None:
+        what = "a lone surrogate" if unfit.group() >= "\ud800" else "a control character"
+        raise DecodeError(BAD_SERIES, f"contains {what} ({unfit.group()!a}) at "
+                                      f"{unfit.start()}: {series!a:.{_DETAIL_CHARS}}")
+    if series.endswith("\\"):
+        raise DecodeError(BAD_SERIES, f"ends with a backslash: {_show(series)}")
+    return series
 
 
 class JsonDecoder:
@@ -72,10 +105,12 @@ class JsonDecoder:
     ``feature_names`` is the model's feature order. With one feature the message carries
     ``value`` (or a one-entry ``values`` object); with several it carries ``values`` with
     every name. When the message names no series, the Kafka key (UTF-8) is the series.
+    ``clock`` (epoch seconds) turns on the timestamp window of ``settings`` (module docstring).
     """
 
     def __init__(self, settings: DecoderSettings | None = None,
-                 feature_names: Sequence[str] = ("value",)) -> None:
+                 feature_names: Sequence[str] = ("value",),
+                 clock: Callable[[], float] | None = None) -> None:
         if not feature_names:
             raise ValueError("feature_names must name at least one feature")
         self.settings = settings if settings is not None else DecoderSettings()
@@ -85,6 +120,7 @@ class JsonDecoder:
         self._value_field = self.settings.value_field
         self._values_field = self.settings.values_field
         self._single = len(self.feature_names) == 1
+        self._clock = clock
 
     def decode(self, key: bytes | None, value: bytes) -> Point:
         """Decode one message; raises :class:`DecodeError` with a stable ``reason``."""
@@ -119,17 +155,21 @@ class JsonDecoder:
                 raise DecodeError(BAD_SERIES, "message key is not UTF-8") from None
         elif type(series) is not str:
             raise DecodeError(BAD_SERIES, f"expected a string, got {_show(series)}")
-        if not series:
-            raise DecodeError(BAD_SERIES, "empty series name")
-        if len(series) > MAX_SERIES_LENGTH:
-            raise DecodeError(BAD_SERIES, f"longer than {MAX_SERIES_LENGTH} characters")
-        return series
+        return check_series(series)
 
     def _timestamp(self, obj: dict[str, Any]) -> float:
         raw = obj.get(self._timestamp_field)
         if raw is None:
             raise DecodeError(MISSING_FIELD, self._timestamp_field)
-        return parse_timestamp(raw)
+        seconds = parse_timestamp(raw)
+        if self._clock is not None:
+            now = self._clock()
+            past = self.settings.max_past_s or math.inf  # 0: no bound
+            future = self.settings.max_future_s or math.inf
+            if not now - past <= seconds <= now + future:
+                raise DecodeError(TIMESTAMP_OUT_OF_RANGE, f"{_show(raw)} is more than "
+                                  f"{past:g}s before or {future:g}s after now")
+        return seconds
 
     def _values(self, obj: dict[str, Any]) -> tuple[float, ...]:
         if self._single:

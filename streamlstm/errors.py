@@ -15,15 +15,19 @@ class ConfigError(StreamlstmError):
     """A setting is missing, unknown or has the wrong type or value.
 
     ``str(err)`` is one line that names the key and what was expected, e.g.
-    ``kafka.max_poll_records: expected a positive integer, got 'many'``.
+    ``kafka.max_poll_records: expected a positive integer, got 'many'``; a value that came
+    from an environment variable names it at the end: ``... (from STREAMLSTM_METRICS_PORT)``.
     """
 
-    def __init__(self, key: str, expected: str, got: object = None) -> None:
+    def __init__(self, key: str, expected: str, got: object = None,
+                 variable: str | None = None) -> None:
         self.key = key
         self.expected = expected
         self.got = got
+        self.variable = variable
         detail = f"expected {expected}" + ("" if got is None else f", got {got!r}")
-        super().__init__(f"{key}: {detail}")
+        source = "" if variable is None else f" (from {variable})"
+        super().__init__(f"{key}: {detail}{source}")
 
 
 class ArtifactError(StreamlstmError):
@@ -49,3 +53,22 @@ class SourceError(StreamlstmError):
 
 class SinkError(StreamlstmError):
     """Writing scores to the store (InfluxDB) failed; the write may be retried."""
+
+
+class SinkRejected(SinkError):
+    """The store refused the points of a write (an HTTP 4xx such as 400, 413 or 422).
+
+    Retrying the same points cannot succeed: the service splits the batch to find the ones
+    refused and dead-letters them. ``status`` is the HTTP status (None when the sink refused
+    the points itself) and ``message`` the server's short explanation.
+    """
+
+    def __init__(self, text: str, status: int | None, message: str) -> None:
+        super().__init__(text)
+        self.status = status
+        self.message = message
+
+
+class CheckpointError(StreamlstmError):
+    """A checkpoint of per-series state could not be written, or one read back is corrupt,
+    truncated or of another layout (the partition then falls back to the rewind)."""

@@ -64,6 +64,7 @@ import numpy as np
 import numpy.typing as npt
 
 from streamlstm.core.calibration import alarm_rows
+from streamlstm.errors import StreamlstmError
 
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
@@ -109,24 +110,39 @@ def timestamp_to_epoch(text: str) -> float:
     return parsed.timestamp()
 
 
+class LabelsError(StreamlstmError, ValueError):
+    """A labels file (NAB ``windows.json``) is missing, not JSON or not file -> windows."""
+
+
 def load_windows(path: str | Path) -> dict[str, list[tuple[float, float]]]:
     """Read a NAB ``windows.json``: file key (``"CATEGORY/NAME.csv"``) to its windows.
 
     Each window is ``(start, end)`` in epoch seconds (UTC), both ends inclusive, sorted by start.
+    Every problem raises :class:`LabelsError` with a one-line message naming the file.
     """
-    with open(path, encoding="utf-8") as handle:
-        raw = json.load(handle)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            raw = json.load(handle)
+    except OSError as exc:
+        raise LabelsError(f"{path}: cannot read the labels: {exc.strerror}") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise LabelsError(f"{path}: not JSON: {exc}") from exc
     if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a JSON object of file -> windows")
+        raise LabelsError(f"{path}: expected a JSON object of file -> windows")
     windows: dict[str, list[tuple[float, float]]] = {}
     for key, pairs in raw.items():
+        if not isinstance(pairs, list):
+            raise LabelsError(f"{path}: {key}: expected a list of [start, end] windows")
         parsed = []
         for pair in pairs:
-            if len(pair) != 2:
-                raise ValueError(f"{path}: {key}: a window needs [start, end], got {pair!r}")
-            start, end = timestamp_to_epoch(pair[0]), timestamp_to_epoch(pair[1])
+            if not isinstance(pair, list) or len(pair) != 2:
+                raise LabelsError(f"{path}: {key}: a window needs [start, end], got {pair!r}")
+            try:
+                start, end = timestamp_to_epoch(pair[0]), timestamp_to_epoch(pair[1])
+            except (TypeError, ValueError, AttributeError) as exc:
+                raise LabelsError(f"{path}: {key}: bad window time in {pair!r}") from exc
             if end < start:
-                raise ValueError(f"{path}: {key}: window ends before it starts: {pair!r}")
+                raise LabelsError(f"{path}: {key}: window ends before it starts: {pair!r}")
             parsed.append((start, end))
         windows[key] = sorted(parsed)
     return windows

@@ -8,6 +8,7 @@ unless ``per_series_labels`` is switched on (cardinality grows with the series c
 from __future__ import annotations
 
 import logging
+import platform
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -18,6 +19,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    disable_created_metrics,
     generate_latest,
 )
 
@@ -25,11 +27,27 @@ from streamlstm.decoding import REASONS as DECODE_REASONS
 
 log = logging.getLogger(__name__)
 
+
+def build_labels() -> dict[str, str]:
+    """``streamlstm_build_info``'s labels: this package's, Python's and torch's versions."""
+    from importlib import metadata
+
+    from streamlstm import __version__
+
+    try:
+        torch = metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        torch = "none"
+    return {"version": __version__, "python": platform.python_version(), "torch": torch}
+
+
 #: The reason the service gives an event whose timestamp is not after its series' latest.
 OUT_OF_ORDER = "out_of_order"
+#: The reason for an event whose point the store refused (an HTTP 4xx on its own).
+STORE_REJECTED = "store_rejected"
 #: Every ``reason`` label of ``streamlstm_events_rejected_total``: the decoder's reasons and
 #: the service's own. Each is created at start, so dashboards show 0 rather than no data.
-REJECTION_REASONS = (*DECODE_REASONS, OUT_OF_ORDER)
+REJECTION_REASONS = (*DECODE_REASONS, OUT_OF_ORDER, STORE_REJECTED)
 
 # Scoring a batch takes from ~0.1 ms (a few windows) to seconds (a cold start on a big poll).
 _SCORING_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -42,6 +60,23 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry, per_series_labels: bool = False) -> None:
         self.registry = registry
         self.per_series_labels = per_series_labels
+        # No `*_created` series: process-wide in prometheus_client, so this covers the
+        # daemon's registry whatever PROMETHEUS_DISABLE_CREATED_SERIES says.
+        disable_created_metrics()
+        self.build_info = Gauge(
+            "streamlstm_build_info",
+            "The running build (value 1): streamlstm, Python and torch versions.",
+            ["version", "python", "torch"],
+            registry=registry,
+        )
+        self.build_info.labels(**build_labels()).set(1)
+        self.last_event_timestamp = Gauge(
+            "streamlstm_last_event_timestamp_seconds",
+            "Event time of the newest event scored (Unix time); time() minus this is the age "
+            "of the freshest score.",
+            registry=registry,
+        )
+        self._newest_event = 0.0
         self.events_consumed = Counter(
             "streamlstm_events_consumed_total",
             "Messages read from Kafka, good or bad.",
@@ -158,12 +193,26 @@ class Metrics:
                 ["series"],
                 registry=registry,
             )
+        self.series_warming = Gauge(
+            "streamlstm_series_warming",
+            "Series held whose calibrators are still learning their warm-up (not yet scored "
+            "at full strength); the rest of streamlstm_series_tracked are warm.",
+            registry=registry,
+        )
+        self.checkpoints = CheckpointMetrics(registry)
         for reason in REJECTION_REASONS:
             self.events_rejected.labels(reason=reason)
         for reason in ("loaded", "refused"):
             self.model_reloads.labels(result=reason)
         for reason in ("idle", "capacity"):
             self.series_evicted.labels(reason=reason)
+
+    def scored_up_to(self, event_timestamp: float) -> None:
+        """Note a scored event's time; the gauge keeps the newest (a late series never
+        moves it back)."""
+        if event_timestamp > self._newest_event:
+            self._newest_event = event_timestamp
+            self.last_event_timestamp.set(event_timestamp)
 
     def set_model(self, version: str, cell: str, trained_at: str, trained_ts: float,
                   loaded_ts: float) -> None:
@@ -172,6 +221,65 @@ class Metrics:
         self.model_info.labels(version=version, cell=cell, trained_at=trained_at).set(1)
         self.model_trained_timestamp.set(trained_ts)
         self.model_loaded_timestamp.set(loaded_ts)
+
+
+class CheckpointMetrics:
+    """Checkpoints of per-series state (see `streamlstm.checkpoints`)."""
+
+    #: ``outcome`` of a partition's restore at assignment.
+    RESTORE_OUTCOMES = ("restored", "refused", "none")
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.written = Counter(
+            "streamlstm_checkpoints_total",
+            "Partition checkpoints taken, by result (written or failed).",
+            ["result"],
+            registry=registry,
+        )
+        self.seconds = Histogram(
+            "streamlstm_checkpoint_seconds",
+            "Time the loop spent taking one checkpoint (every partition due).",
+            buckets=_WRITE_BUCKETS,
+            registry=registry,
+        )
+        self.bytes = Gauge(
+            "streamlstm_checkpoint_bytes",
+            "Size of the last checkpoint (every partition in it).",
+            registry=registry,
+        )
+        self.last_timestamp = Gauge(
+            "streamlstm_checkpoint_last_timestamp_seconds",
+            "When the last checkpoint was written (Unix time); its age is time() minus this.",
+            registry=registry,
+        )
+        self.restores = Counter(
+            "streamlstm_checkpoint_restores_total",
+            "Partitions assigned, by what their checkpoint gave: restored, refused (corrupt, "
+            "incompatible or ahead of the commit: the partition falls back to the rewind) or none.",
+            ["outcome"],
+            registry=registry,
+        )
+        self.restore_seconds = Histogram(
+            "streamlstm_checkpoint_restore_seconds",
+            "Time to load and restore one partition's checkpoint.",
+            buckets=_WRITE_BUCKETS,
+            registry=registry,
+        )
+        self.series_restored = Counter(
+            "streamlstm_checkpoint_series_restored_total",
+            "Series whose state came back from a checkpoint.",
+            registry=registry,
+        )
+        self.partition_conflicts = Counter(
+            "streamlstm_series_partition_conflicts_total",
+            "Events of a series that arrived on another partition than the series' earlier "
+            "events (its state follows one partition: key events by series).",
+            registry=registry,
+        )
+        for result in ("written", "failed"):
+            self.written.labels(result=result)
+        for outcome in self.RESTORE_OUTCOMES:
+            self.restores.labels(outcome=outcome)
 
 
 Probe = Callable[[], tuple[bool, str]]

@@ -1,10 +1,13 @@
 """The daemon's loop: source -> pipeline -> sink -> commit, one poll at a time.
 
 At-least-once: a poll's offsets are committed only after its dead letters are acknowledged and
-its scores are written. While InfluxDB refuses writes the loop stops consuming and retries the
-same batch with backoff; /readyz and ``streamlstm_ready`` say so. A crash at any point replays
-from the last commit, and because an InfluxDB point is keyed by measurement, tags and time, a
-replayed event overwrites its own point instead of adding one.
+its scores are written. While InfluxDB cannot be written to, the loop keeps turning: it pauses
+the partitions, keeps polling (so the consumer keeps its group membership and /healthz stays
+green) and retries the batch in hand with backoff; /readyz and ``streamlstm_ready`` say why
+it is not ready. Points the store refuses (a 4xx about them) are isolated by halving the batch,
+dead-lettered as ``store_rejected`` with the server's message, and the rest is written and
+committed. A crash at any point replays from the last commit, and because an InfluxDB point is
+keyed by measurement, series and time, a replayed event overwrites its own point.
 
 The service takes its adapters as arguments (see the Protocols below); only the CLI builds them.
 """
@@ -21,13 +24,18 @@ from typing import Protocol
 
 import numpy as np
 
+from streamlstm.checkpoints.checkpointer import Checkpointer
 from streamlstm.core.pipeline import Pipeline
 from streamlstm.core.records import Rejected, Score, SourceRecord
-from streamlstm.errors import ArtifactError, SinkError, SourceError, StreamlstmError
+from streamlstm.decoding import RateLimitedLog
+from streamlstm.errors import ArtifactError, SinkError, SinkRejected, SourceError, StreamlstmError
 from streamlstm.metrics import Metrics
 from streamlstm.model.artifact import Artifact, load_artifact, resolve_model_dir
 
 log = logging.getLogger(__name__)
+
+# While a write is pending the loop polls (paused) at least this often between attempts.
+_OUTAGE_TURN_S = 1.0
 
 
 class Polled(Protocol):
@@ -42,6 +50,8 @@ class EventSource(Protocol):
     def poll(self) -> Polled: ...
     def dead_letter(self, rejected: list[Rejected]) -> None: ...
     def commit(self, offsets: dict[int, int]) -> None: ...
+    def pause(self) -> None: ...  # fetch nothing; poll() still keeps the group membership
+    def resume(self) -> None: ...
     def lag(self) -> dict[int, int]: ...
     def close(self) -> None: ...
 
@@ -49,7 +59,7 @@ class EventSource(Protocol):
 class ScoreSink(Protocol):
     """What the loop needs from InfluxDB (see `streamlstm.sinks.influx.InfluxSink`)."""
 
-    def write(self, scores: Sequence[Score]) -> None: ...
+    def write(self, scores: Sequence[Score]) -> None: ...  # SinkRejected: refused, else retry
     def close(self) -> None: ...
 
 
@@ -68,6 +78,18 @@ class ServiceSettings:
 
 
 @dataclass
+class _Pending:
+    """Scores not written yet, the records they came from and the offsets they cover."""
+
+    scores: list[Score]
+    origins: list[SourceRecord]
+    offsets: dict[int, int]
+    attempts: int = 0
+    delay: float = 0.0
+    next_try: float = 0.0
+
+
+@dataclass
 class _Readiness:
     ok: bool = False
     reason: str = "starting"
@@ -79,16 +101,27 @@ class Service:
 
     def __init__(self, source: EventSource, sink: ScoreSink, pipeline: Pipeline,
                  metrics: Metrics, settings: ServiceSettings,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 checkpointer: Checkpointer | None = None,
+                 monotonic: Callable[[], float] = time.monotonic,
+                 wait: Callable[[float], object] | None = None) -> None:
+        """``clock`` is wall time (idle eviction); ``monotonic`` and ``wait`` (default: sleep
+        until stopped) pace write retries and tell a stalled loop, so tests can fake them."""
         self.source = source
         self.sink = sink
         self.pipeline = pipeline
         self.metrics = metrics
+        self.checkpointer = checkpointer
         self.settings = settings
         self._clock = clock
+        self._monotonic = monotonic
         self._stop = threading.Event()
+        self._wait = wait if wait is not None else self._stop.wait
         self._reload_requested = threading.Event()
-        self._state = _Readiness()
+        self._state = _Readiness(last_turn=monotonic())
+        self._pending: _Pending | None = None  # a batch whose write failed, being retried
+        self._paused = False
+        self._reject_log = RateLimitedLog(log, 60.0, monotonic)
         self._model_dir = pipeline.artifact.path
         self._next_reload_check = 0.0
         self._next_lag_check = 0.0
@@ -105,7 +138,8 @@ class Service:
         self._reload_requested.set()
 
     def health(self) -> tuple[bool, str]:
-        stalled = time.monotonic() - self._state.last_turn
+        """Liveness: the loop turns. A store outage does not fail it (`ready` says so)."""
+        stalled = self._monotonic() - self._state.last_turn
         if stalled > self.settings.stall_after_s:
             return False, f"loop has not turned for {stalled:.0f}s"
         return True, ""
@@ -121,94 +155,188 @@ class Service:
                  self.pipeline.model_version)
         try:
             while not self._stop.is_set():
-                self._state.last_turn = time.monotonic()
+                self._state.last_turn = self._monotonic()
                 self._maybe_reload()
                 self.run_once()
+                if self.checkpointer is not None and self._pending is None:
+                    self.checkpointer.maybe_checkpoint()  # idle turns too: a quiet spell
         finally:
+            if self._pending is not None:
+                log.warning("stopping with %d scores unwritten; they will be replayed from the "
+                            "last committed offsets", len(self._pending.scores))
             self._set_ready(False, "stopped")
 
     def run_once(self) -> bool:
-        """One poll -> score -> write -> commit turn. False when the batch was not committed."""
+        """One turn: poll -> score -> write -> commit. False when nothing was committed.
+
+        While a write is pending (the store is down) a turn polls the paused source, which
+        keeps the consumer in its group, and retries the write once its backoff is over.
+        """
+        if self._pending is not None:
+            return self._retry_pending()
         polled = self.source.poll()
-        self.metrics.events_consumed.inc(
-            sum(1 for r in polled.records if not r.warmup) + len(polled.rejected))
         if not polled.records and not polled.rejected:
             self._update_gauges()
             if not self._stop.is_set():
                 self._set_ready(True, "")
             return True
+        return self._deliver(self._score(polled))
+
+    def _score(self, polled: Polled) -> _Pending:
+        """Score a poll and dead-letter what it rejects; the scores still to be written."""
+        self.metrics.events_consumed.inc(
+            sum(1 for r in polled.records if not r.warmup) + len(polled.rejected))
         rejected = list(polled.rejected)
-        live = [r for r in polled.records if not r.warmup]
+        records = polled.records
         result = self.pipeline.process(
-            [r.point for r in polled.records],
+            [r.point for r in records],
             now=self._clock(),
-            warmup=[r.warmup for r in polled.records],
+            warmup=[r.warmup for r in records],
         )
+        if self.checkpointer is not None:
+            self.checkpointer.observe(polled.records)
         for position in result.late:
-            record = polled.records[position]
+            record = records[position]
             if not record.warmup:
                 rejected.append(Rejected("out_of_order",
                                          f"timestamp {record.point.timestamp} is not after the "
                                          f"series' latest", record.raw_key, record.raw_value,
                                          record.partition, record.offset))
+        for position, reason in result.refused:  # the core's guard; the decoder should see to it
+            record = records[position]
+            if not record.warmup:
+                rejected.append(Rejected(reason, "refused by the pipeline: a value not finite "
+                                         "or beyond float32, or a time outside 1970..2262",
+                                         record.raw_key, record.raw_value, record.partition,
+                                         record.offset))
         if result.windows:
             self.metrics.batch_scoring_seconds.observe(result.scoring_seconds)
             self.metrics.batch_windows.observe(result.windows)
         self.metrics.series_evicted.labels(reason="idle").inc(result.evicted_idle)
         self.metrics.series_evicted.labels(reason="capacity").inc(result.evicted_capacity)
-        for item in rejected:
+        self._dead_letter(rejected, logged=len(polled.rejected))  # the source logs its own
+        live = sum(1 for r in records if not r.warmup)
+        log.debug("poll: %d live, %d warm-up, %d rejected, %d scored", live,
+                  len(records) - live, len(rejected), len(result.scores))
+        return _Pending(result.scores, [records[p] for p in result.positions],
+                        dict(polled.offsets))
+
+    def _dead_letter(self, rejected: list[Rejected], logged: int = 0) -> None:
+        """Count, log (but the first ``logged``, logged already) and dead-letter ``rejected``."""
+        if not rejected:
+            return
+        for i, item in enumerate(rejected):
             self.metrics.events_rejected.labels(reason=item.reason).inc()
-        if rejected:
-            self.source.dead_letter(rejected)
-            self.metrics.dead_letters.inc(len(rejected))
-        if not self._write(result.scores):
-            log.warning("stopping with %d scores unwritten; they will be replayed from the last "
-                        "committed offsets", len(result.scores))
+            if i >= logged:
+                self._reject_log.warning(item.reason, "rejected event at partition %d offset "
+                                         "%d: %s: %s", item.partition, item.offset,
+                                         item.reason, item.detail)
+        self.source.dead_letter(rejected)
+        self.metrics.dead_letters.inc(len(rejected))
+
+    def _retry_pending(self) -> bool:
+        pending = self._pending
+        assert pending is not None
+        polled = self.source.poll()  # paused: fetches nothing, keeps the group membership
+        if polled.records or polled.rejected:  # fetched before the pause took hold
+            more = self._score(polled)
+            pending.scores += more.scores
+            pending.origins += more.origins
+            pending.offsets.update(more.offsets)
+        left = pending.next_try - self._monotonic()
+        if left > 0:
+            self._wait(min(left, _OUTAGE_TURN_S))
             return False
-        if polled.offsets:  # a poll of warm-up records only has nothing new to commit
-            self.source.commit(polled.offsets)
+        return self._deliver(pending)
+
+    def _deliver(self, batch: _Pending) -> bool:
+        """Write ``batch`` (dead-lettering points the store refuses), then commit its offsets.
+
+        A write that fails for any other reason keeps the batch pending and the source paused.
+        """
+        try:
+            refused = self._write(batch.scores)
+        except SinkError as exc:
+            self._write_failed(batch, exc)
+            return False
+        self._pending = None
+        self.metrics.sink_up.set(1)
+        if batch.attempts:
+            log.info("InfluxDB writes succeed again after %d failed attempts", batch.attempts)
+        if refused:
+            self._dead_letter([self._store_rejected(batch.origins[i], exc)
+                               for i, exc in refused])
+        if self._paused:
+            self.source.resume()
+            self._paused = False
+        if not self._stop.is_set():
+            self._set_ready(True, "")
+        if batch.offsets:  # a poll of warm-up records only has nothing new to commit
+            self.source.commit(batch.offsets)
             self.metrics.offsets_committed.inc()
-        self.metrics.events_scored.inc(len(result.scores))
-        anomalies = sum(1 for s in result.scores if s.is_anomaly)
-        self.metrics.anomalies.inc(anomalies)
+            if self.checkpointer is not None:
+                self.checkpointer.committed(batch.offsets)
+        gone = {i for i, _ in refused}
+        scores = [s for i, s in enumerate(batch.scores) if i not in gone] if gone else batch.scores
+        self.metrics.events_scored.inc(len(scores))
+        if scores:
+            self.metrics.scored_up_to(max(s.timestamp for s in scores))
+        self.metrics.anomalies.inc(sum(1 for s in scores if s.is_anomaly))
         if self.metrics.series_score is not None:
-            for s in result.scores:
+            for s in scores:
                 self.metrics.series_score.labels(series=s.series).set(s.score)
         self._update_gauges()
-        log.debug("poll: %d live, %d warm-up, %d rejected, %d scored, %d anomalies", len(live),
-                  len(polled.records) - len(live), len(rejected), len(result.scores), anomalies)
         return True
 
-    def _write(self, scores: list[Score]) -> bool:
-        """Write with exponential backoff until it succeeds or the service is stopped."""
-        if not scores:
-            return True
-        delay = self.settings.retry_initial_s
-        attempt = 0
-        while True:
+    def _write(self, scores: list[Score]) -> list[tuple[int, SinkRejected]]:
+        """Write ``scores``; returns (index, refusal) of each point the store refused on its own.
+
+        A refused write is halved until each refusal is down to one point (a 413 splits the
+        batch the same way); the halves that succeed are written. Any other SinkError is
+        raised: the caller retries the whole batch later (rewriting a point is harmless).
+        """
+        refused: list[tuple[int, SinkRejected]] = []
+        todo = [(0, len(scores))] if scores else []
+        while todo:
+            lo, hi = todo.pop()
             started = time.perf_counter()
             try:
-                self.sink.write(scores)
-            except SinkError as exc:
-                attempt += 1
-                self.metrics.write_failures.inc()
-                self.metrics.sink_up.set(0)
-                self._set_ready(False, f"InfluxDB write failing: {exc}")
-                if attempt == 1 or math.log2(attempt).is_integer():
-                    log.warning("InfluxDB write failed (attempt %d, retrying in %.1fs): %s",
-                                attempt, delay, exc)
-                if self._stop.wait(delay):
-                    return False
-                delay = min(delay * 2, self.settings.retry_max_s)
+                self.sink.write(scores[lo:hi])
+            except SinkRejected as exc:
+                if hi - lo == 1:
+                    refused.append((lo, exc))
+                else:
+                    mid = (lo + hi) // 2
+                    todo += [(mid, hi), (lo, mid)]
                 continue
             self.metrics.write_seconds.observe(time.perf_counter() - started)
-            self.metrics.points_written.inc(len(scores))
-            self.metrics.sink_up.set(1)
-            if attempt:
-                log.info("InfluxDB writes succeed again after %d failed attempts", attempt)
-            if not self._stop.is_set():
-                self._set_ready(True, "")
-            return True
+            self.metrics.points_written.inc(hi - lo)
+        return sorted(refused, key=lambda item: item[0])
+
+    def _write_failed(self, batch: _Pending, exc: SinkError) -> None:
+        """Keep ``batch`` pending, pause the source and schedule the next attempt."""
+        batch.attempts += 1
+        batch.delay = (self.settings.retry_initial_s if batch.attempts == 1
+                       else min(batch.delay * 2, self.settings.retry_max_s))
+        batch.next_try = self._monotonic() + batch.delay
+        self._pending = batch
+        self.metrics.write_failures.inc()
+        self.metrics.sink_up.set(0)
+        if not self._paused:
+            self.source.pause()
+            self._paused = True
+        status = getattr(exc, "status", None)
+        self._set_ready(False, "InfluxDB write failing" + (f" (HTTP {status})" if status else "")
+                        + ", consuming paused")
+        if batch.attempts == 1 or math.log2(batch.attempts).is_integer():
+            log.warning("InfluxDB write failed (attempt %d, retrying in %.1fs, partitions "
+                        "paused): %s", batch.attempts, batch.delay, exc)
+
+    @staticmethod
+    def _store_rejected(record: SourceRecord, exc: SinkRejected) -> Rejected:
+        status = f"HTTP {exc.status}: " if exc.status is not None else ""
+        return Rejected("store_rejected", f"{status}{exc.message}"[:300], record.raw_key,
+                        record.raw_value, record.partition, record.offset)
 
     # ---- model hot reload ----
 
@@ -279,6 +407,7 @@ class Service:
         if now < self._next_lag_check:
             return
         self._next_lag_check = now + self.settings.lag_interval_s
+        self.metrics.series_warming.set(self.pipeline.warming())
         try:
             lag = self.source.lag()
         except SourceError as exc:
@@ -290,7 +419,10 @@ class Service:
 
     def close(self) -> None:
         """Release the adapters (after `run` returned)."""
-        for closer in (self.source.close, self.sink.close):
+        closers = [self.source.close, self.sink.close]  # the source's close checkpoints
+        if self.checkpointer is not None:
+            closers.append(self.checkpointer.close)
+        for closer in closers:
             try:
                 closer()
             except StreamlstmError as exc:

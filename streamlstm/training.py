@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from streamlstm.core.calibration import CalibrationSettings
 from streamlstm.core.evidence import SCALE_FADING_FACTOR
+from streamlstm.core.records import MAX_VALUE
 from streamlstm.core.scoring import Spread, centre, reconstruction_error, resolve_device
 from streamlstm.core.state import SeriesRegistry
 from streamlstm.core.windows import Router
@@ -171,8 +172,9 @@ def _windows(history: Mapping[str, SeriesHistory], n_features: int, settings: Tr
         if values.shape[1] != n_features:
             raise TrainingError(f"series {name!r} has {values.shape[1]} features, "
                                 f"expected {n_features}")
-        if not np.isfinite(values).all():
-            raise TrainingError(f"series {name!r} has non-finite values")
+        if not (np.abs(values) <= MAX_VALUE).all():  # False for NaN and inf too
+            raise TrainingError(f"series {name!r} has non-finite values or values beyond "
+                                "the float32 range")
         rows += len(values)
         if len(values) == 0:
             continue

@@ -16,11 +16,8 @@ whole state of some series out and back in, bit for bit.
 
 from __future__ import annotations
 
-import io
-import json
 import math
 import time
-import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -45,9 +42,17 @@ from streamlstm.core.evidence import (
     Seasonal,
 )
 from streamlstm.core.memory import WindowMemory
-from streamlstm.core.records import Point, Score
+from streamlstm.core.records import MAX_VALUE, Point, Score
 from streamlstm.core.scoring import Scorer, Spread, centre
+from streamlstm.core.snapshot import (
+    SNAPSHOT_FORMAT,
+    StateLayout,
+    StateSnapshot,
+    layout_digest,
+    row_layout,
+)
 from streamlstm.core.state import SeriesRegistry
+from streamlstm.core.timestamps import MAX_TIMESTAMP, MIN_TIMESTAMP
 from streamlstm.core.windows import (
     Pushes,
     Router,
@@ -57,9 +62,12 @@ from streamlstm.core.windows import (
 )
 from streamlstm.model.artifact import Artifact
 
-SNAPSHOT_FORMAT = 1
 # Below this many windows a period has no phase worth comparing.
 MIN_SEASON_WINDOWS = 4
+
+
+# Settings that bound or age the state but do not shape it: a snapshot restores across them.
+_NOT_STATE = frozenset({"max_series", "idle_evict_s", "max_gap_intervals"})
 
 
 @dataclass(frozen=True)
@@ -109,41 +117,14 @@ class StepResult:
     scores: list[Score] = field(default_factory=list)
     positions: list[int] = field(default_factory=list)  # input position of each score
     late: list[int] = field(default_factory=list)  # input positions of out-of-order points
+    # (input position, reason) of points refused before they touched any state: "bad_value"
+    # (not finite, beyond float32 or the wrong number of features) or "bad_timestamp".
+    refused: list[tuple[int, str]] = field(default_factory=list)
     windows: int = 0  # windows scored, warm-up ones included
     scoring_seconds: float = 0.0  # the model's share
     seconds: float = 0.0  # the whole step
     evicted_idle: int = 0
     evicted_capacity: int = 0
-
-
-@dataclass(frozen=True)
-class StateSnapshot:
-    """The complete state of some series: named arrays (one row per series) and metadata."""
-
-    meta: dict[str, Any]
-    series: list[str]
-    arrays: dict[str, np.ndarray]
-
-    def to_bytes(self) -> bytes:
-        """An ``.npz`` archive (no pickle): the arrays, the series names and the metadata."""
-        buffer = io.BytesIO()
-        named: dict[str, Any] = {
-            "__meta__": np.frombuffer(json.dumps(self.meta).encode(), np.uint8),
-            "__series__": np.array(self.series, dtype=np.str_), **self.arrays}
-        np.savez(buffer, **named)
-        return buffer.getvalue()
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> StateSnapshot:
-        """Read `to_bytes` output; raises ValueError for anything else."""
-        try:
-            with np.load(io.BytesIO(data), allow_pickle=False) as archive:
-                meta = json.loads(archive["__meta__"].tobytes())
-                series = [str(s) for s in archive["__series__"].tolist()]
-                arrays = {k: archive[k] for k in archive.files if not k.startswith("__")}
-        except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as exc:
-            raise ValueError(f"not a state snapshot: {exc}") from exc
-        return cls(meta, series, arrays)
 
 
 class Pipeline:
@@ -203,10 +184,19 @@ class Pipeline:
 
         ``now`` is the clock used for idle eviction. Points flagged in ``warmup`` update the
         state (windows, spread, memory, calibration) but produce no Score: they were scored
-        before.
+        before. A point that could poison its series' state (a value not finite or beyond
+        float32, a time outside 1970..2262) is refused untouched and listed in ``refused``.
         """
         started = self._clock()
         result = StepResult(evicted_idle=self.registry.evict_idle(now))
+        result.refused = self._unfit(points)
+        kept: np.ndarray | None = None
+        if result.refused:
+            refused = {i for i, _ in result.refused}
+            kept = np.array([i for i in range(len(points)) if i not in refused], np.int64)
+            points = [points[i] for i in kept.tolist()]
+            if warmup is not None:
+                warmup = [warmup[i] for i in kept.tolist()]
         names = [p.series for p in points]
         done = 0
         while done < len(points):
@@ -214,8 +204,29 @@ class Pipeline:
             result.evicted_capacity += lookup.evicted_capacity
             self._segment(points, done, lookup.slots, warmup, result)
             done += lookup.done
+        if kept is not None:  # positions in the points kept -> positions in the input
+            result.positions = kept[np.asarray(result.positions, np.int64)].tolist()
+            result.late = kept[np.asarray(result.late, np.int64)].tolist()
         result.seconds = self._clock() - started
         return result
+
+    def _unfit(self, points: Sequence[Point]) -> list[tuple[int, str]]:
+        """(position, reason) of every point that must not enter per-series state."""
+        n, f = len(points), self.artifact.architecture.n_features
+        try:
+            values = np.array([p.values for p in points], dtype=np.float64).reshape(n, f)
+            shaped = np.ones(n, bool)
+        except ValueError:  # some point has another number of features
+            shaped = np.fromiter((len(p.values) == f for p in points), bool, n)
+            values = np.array([p.values if len(p.values) == f else (0.0,) * f for p in points],
+                              dtype=np.float64).reshape(n, f)
+        fit = shaped & (np.abs(values) <= MAX_VALUE).all(axis=1)  # NaN compares False
+        timestamps = np.fromiter((p.timestamp for p in points), np.float64, n)
+        timely = (timestamps >= MIN_TIMESTAMP) & (timestamps <= MAX_TIMESTAMP)
+        if fit.all() and timely.all():
+            return []
+        return [(i, "bad_value" if not fit[i] else "bad_timestamp")
+                for i in np.flatnonzero(~(fit & timely)).tolist()]
 
     def _segment(self, points: Sequence[Point], offset: int, slots: np.ndarray,
                  warmup: Sequence[bool] | None, result: StepResult) -> None:
@@ -334,10 +345,26 @@ class Pipeline:
         self.alarms.threshold = self.calibration.threshold
         self.alarms.hold = self.calibration.alarm_hold
 
+    def warming(self) -> int:
+        """How many series held have a calibrator still in its warm-up."""
+        slots = self.registry.slots()
+        return int((~self.bank.warm(slots).all(axis=1)).sum()) if len(slots) else 0
+
     def _layout(self) -> dict[str, Any]:
         arch = self.artifact.architecture
+        shaping = {k: v for k, v in asdict(self.settings).items() if k not in _NOT_STATE}
         return {"format": SNAPSHOT_FORMAT, "window": arch.window,
-                "n_features": arch.n_features, "settings": asdict(self.settings)}
+                "n_features": arch.n_features, "settings": shaping}
+
+    def state_layout(self) -> StateLayout:
+        """What a snapshot must match to be restored here."""
+        meta, rows = self._layout(), row_layout(self.registry.arrays)
+        return StateLayout(meta, rows, layout_digest(meta, rows))
+
+    def forget(self, series: Sequence[str]) -> None:
+        """Drop the state of ``series`` (e.g. of a partition handed to another consumer)."""
+        for name in series:
+            self.registry.forget(name)
 
     def snapshot(self, series: Sequence[str] | None = None) -> StateSnapshot:
         """The complete state of ``series`` (default: every series held)."""

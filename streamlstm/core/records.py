@@ -6,6 +6,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+#: The largest magnitude a feature value may have: per-series state keeps float32 windows, where
+#: anything larger would become inf and poison the series for good.
+MAX_VALUE = float(np.finfo(np.float32).max)
+
 
 @dataclass(frozen=True, slots=True)
 class Point:

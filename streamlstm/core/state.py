@@ -100,6 +100,10 @@ class SeriesRegistry:
         """The series held, least recently seen first."""
         return list(self._slots)
 
+    def slots(self) -> np.ndarray:
+        """The slots held, least recently seen series first."""
+        return np.fromiter(self._slots.values(), np.int64, len(self._slots))
+
     def slot_of(self, series: str) -> int | None:
         return self._slots.get(series)
 

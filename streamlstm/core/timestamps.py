@@ -24,8 +24,10 @@ from streamlstm.errors import DecodeError
 BAD_TIMESTAMP = "bad_timestamp"
 
 # The store keeps int64 nanoseconds, which end on 2262-04-11; earlier than 1970 is refused too.
+# Points are written in whole microseconds, so the last time allowed is the last microsecond
+# whose nanoseconds fit in an int64 ((2**63 - 1) / 1e9 itself rounds up past it).
 MIN_TIMESTAMP = 0.0
-MAX_TIMESTAMP = (2**63 - 1) / 1e9
+MAX_TIMESTAMP = 9_223_372_036.854775
 
 #: Epoch numbers by magnitude: below each bound, the count of units per second; above the
 #: last bound, nanoseconds.

@@ -392,7 +392,8 @@ class InfluxDB(_Server):
     ``url`` is the shim: influxdb-client's ``/api/v2/write`` and ``/health`` plus v1
     ``/query``, ``/write`` and ``/ping``. ``engine_url`` is influxd itself. Authentication is
     off unless ``username`` and ``password`` are given; then that user is created as admin and
-    clients pass ``token="username:password"``.
+    clients pass ``token="username:password"``. ``max_body_size`` (bytes) makes larger writes
+    fail with HTTP 413, as a real server's limit does.
     """
 
     name = "influxd"
@@ -405,8 +406,10 @@ class InfluxDB(_Server):
         password: str | None = None,
         workdir: str | Path | None = None,
         startup_timeout: float = 30.0,
+        max_body_size: int | None = None,
     ) -> None:
         super().__init__(workdir, startup_timeout)
+        self.max_body_size = max_body_size
         if (username is None) != (password is None):
             raise ValueError("give both username and password, or neither")
         self.databases = list(databases)
@@ -498,6 +501,7 @@ bind-address = "127.0.0.1:0"
   auth-enabled = {auth}
   log-enabled = false
   pprof-enabled = false
+  max-body-size = {self.max_body_size if self.max_body_size is not None else 25_000_000}
 
 [logging]
   level = "info"

@@ -1,10 +1,17 @@
 """The InfluxDB sink: scores as line protocol through influxdb-client's synchronous write API.
 
-One point per score: measurement ``settings.measurement``, tags ``series`` and ``model``,
-float fields ``value`` (``value_1``, ``value_2``... for further features), ``score``,
-``error``, ``novelty`` (once the series' memory holds a past window), ``threshold``,
-boolean ``is_anomaly``, and the event time in nanoseconds, rounded to the microsecond so a
-replayed event lands on exactly the same point and overwrites it.
+One point per score: measurement ``settings.measurement``, one tag ``series``, float fields
+``value`` (``value_1``, ``value_2``... for further features), ``score``, ``error``,
+``novelty`` (once the series' memory holds a past window), ``threshold``, boolean
+``is_anomaly``, string field ``model_version``, and the event time in nanoseconds, rounded to
+the microsecond. A point is identified by measurement, tags and time, so a replayed event
+lands on exactly its own point and overwrites it, whichever model scored it this time.
+
+Refusals: a 4xx that is about the points (400, 413, 422...) raises
+:class:`~streamlstm.errors.SinkRejected`, which the service answers by splitting the batch
+until the refused points are isolated; 401, 403, 404, 408 and 429 (credentials, a missing
+bucket, throttling: nothing the points can help) and 5xx or no answer at all raise
+:class:`InfluxWriteError`, which the service retries with backoff.
 
 Lines are built as strings here: on 10k scores that takes ~4 µs per score against ~20 µs with
 influxdb-client's ``Point`` objects or its dict form (which goes through them).
@@ -26,7 +33,7 @@ from influxdb_client.rest import ApiException
 
 from streamlstm.config import InfluxSettings
 from streamlstm.core.records import Score
-from streamlstm.errors import ConfigError, SinkError
+from streamlstm.errors import ConfigError, SinkError, SinkRejected
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +42,13 @@ CHUNK_LINES = 5000
 
 # WritePrecision.NS is a plain str that the client's annotations call a WritePrecision.
 _NS = cast(WritePrecision, WritePrecision.NS)
-_ESCAPE_MEASUREMENT = str.maketrans({",": r"\,", " ": r"\ ", "\n": r"\n", "\r": r"\r",
-                                     "\t": r"\t"})
-_ESCAPE_TAG = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ ", "\n": r"\n", "\r": r"\r",
-                             "\t": r"\t"})
+# InfluxDB 1.x and 2.x read a backslash as an escape only before these characters, and as a
+# literal backslash anywhere else (a doubled backslash stays two backslashes).
+_ESCAPE_MEASUREMENT = str.maketrans({",": r"\,", " ": r"\ "})
+_ESCAPE_TAG = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ "})
+_ESCAPE_STRING = str.maketrans({"\\": "\\\\", '"': '\\"'})
+# Statuses that say nothing about the points: retried like an outage, never dead-lettered.
+_RETRIED_4XX = frozenset({401, 403, 404, 408, 429})
 
 
 class InfluxWriteError(SinkError):
@@ -49,23 +59,41 @@ class InfluxWriteError(SinkError):
         self.status = status
 
 
+def _storable(text: str) -> None:
+    # A line ends at a newline, and a trailing backslash would escape the separator after it:
+    # neither can be written exactly, and a near miss could make two names one.
+    try:
+        text.encode("utf-8")
+        fit = bool(text) and not text.endswith("\\") and not any(
+            c < " " or c == "\x7f" for c in text)
+    except UnicodeEncodeError:  # a lone surrogate
+        fit = False
+    if not fit:
+        raise ValueError(f"{text!a:.120} cannot be written exactly in line protocol (empty, not "
+                         "UTF-8, a control character, or a trailing backslash)")
+
+
 def escape_measurement(name: str) -> str:
-    """Escape a measurement name for line protocol (see :func:`escape_tag` for the limits)."""
-    escaped = name.translate(_ESCAPE_MEASUREMENT)
-    return escaped + " " if escaped.endswith("\\") else escaped
+    """Escape a measurement name for line protocol; ValueError if it cannot be stored exactly."""
+    _storable(name)
+    return name.translate(_ESCAPE_MEASUREMENT)
 
 
 def escape_tag(text: str) -> str:
     """Escape a tag key, tag value or field key for line protocol.
 
-    Two things cannot be written exactly: control characters become their two-character
-    escapes (``\\n``), and a trailing backslash is kept from escaping the separator by a
-    space after it, so ``x\\`` is stored as ``x `` (what influxdb-client does too). The
-    alternative, a line the server refuses, would stall the whole pipeline.
+    Commas, equals signs and spaces get a backslash; any other backslash is literal (the
+    InfluxDB 1.x/2.x parser), so every text is stored exactly and distinct texts stay
+    distinct. Text that cannot be stored exactly (empty, with a control character, or
+    ending in a backslash; the decoder refuses such series names) raises ValueError.
     """
-    escaped = text.translate(_ESCAPE_TAG)
-    # A trailing backslash would escape the separator that follows it.
-    return escaped + " " if escaped.endswith("\\") else escaped
+    _storable(text)
+    return text.translate(_ESCAPE_TAG)
+
+
+def escape_string(text: str) -> str:
+    """A string field value, quoted, with backslashes and double quotes escaped."""
+    return '"' + text.translate(_ESCAPE_STRING) + '"'
 
 
 def timestamp_ns(seconds: float) -> int:
@@ -79,19 +107,23 @@ def _field(name: str, value: float) -> str:
 
 
 def to_lines(scores: Sequence[Score], measurement: str) -> list[str]:
-    """One line-protocol line per score (see the module docstring for the schema)."""
+    """One line-protocol line per score (see the module docstring for the schema).
+
+    ValueError when a series name cannot be written exactly (see :func:`escape_tag`).
+    """
     head = escape_measurement(measurement)
     lines: list[str] = []
     append = lines.append
-    tags: dict[tuple[str, str], str] = {}  # (model, series) -> escaped measurement + tags
+    tags: dict[str, str] = {}  # series -> escaped measurement + tags
+    versions: dict[str, str] = {}  # model version -> its escaped string field
     inf = math.inf
     for s in scores:
-        tagset = tags.get((s.model_version, s.series))
+        tagset = tags.get(s.series)
         if tagset is None:
-            # An empty tag value is not valid line protocol; such a tag is left out.
-            tagset = head + "".join(f",{key}={escape_tag(value)}" for key, value in
-                                    (("model", s.model_version), ("series", s.series)) if value)
-            tags[(s.model_version, s.series)] = tagset
+            tagset = tags[s.series] = f"{head},series={escape_tag(s.series)}"
+        version = versions.get(s.model_version)
+        if version is None:
+            version = versions[s.model_version] = escape_string(s.model_version)
         error, score, threshold = float(s.error), float(s.score), float(s.threshold)
         values = s.values
         ns = round(float(s.timestamp) * 1_000_000) * 1000
@@ -103,10 +135,11 @@ def to_lines(scores: Sequence[Score], measurement: str) -> list[str]:
             value = float(values[0])
             # One comparison tells whether all four are finite: inf and NaN survive the sum.
             if -inf < error + score + threshold + value < inf:
-                append(f"{tagset} error={error!r},is_anomaly={anomaly}{novelty},"
-                       f"score={score!r},threshold={threshold!r},value={value!r} {ns}")
+                append(f"{tagset} error={error!r},is_anomaly={anomaly},model_version={version}"
+                       f"{novelty},score={score!r},threshold={threshold!r},value={value!r} {ns}")
                 continue
-        fields = [_field("error", error), f"is_anomaly={anomaly}", novelty.lstrip(","),
+        fields = [_field("error", error), f"is_anomaly={anomaly}", f"model_version={version}",
+                  novelty.lstrip(","),
                   _field("score", score), _field("threshold", threshold)]
         for i, raw in enumerate(values):
             fields.append(_field(f"value_{i}" if i else "value", float(raw)))
@@ -121,16 +154,29 @@ class InfluxSink:
         if settings.measurement.startswith("#"):  # the server would take every line as a comment
             raise ConfigError("influx.measurement", "a name not starting with '#'",
                               settings.measurement)
+        try:
+            escape_measurement(settings.measurement)
+        except ValueError:
+            raise ConfigError("influx.measurement", "a name without control characters, not "
+                              "ending in a backslash", settings.measurement) from None
         self.settings = settings
         self._client = InfluxDBClient(url=settings.url, token=settings.token, org=settings.org,
                                       timeout=settings.timeout_ms)
         self._write_api = self._client.write_api(write_options=SYNCHRONOUS)
 
     def write(self, scores: Sequence[Score]) -> None:
-        """Write every score, in chunks of :data:`CHUNK_LINES`; raise InfluxWriteError."""
+        """Write every score, in chunks of :data:`CHUNK_LINES`.
+
+        Raises :class:`~streamlstm.errors.SinkRejected` when the points are refused (by the
+        server, or here for a series name line protocol cannot hold) and
+        :class:`InfluxWriteError` for everything worth retrying.
+        """
         if not scores:
             return
-        lines = to_lines(scores, self.settings.measurement)
+        try:
+            lines = to_lines(scores, self.settings.measurement)
+        except ValueError as exc:
+            raise SinkRejected(f"influxdb: points not written: {exc}", None, str(exc)) from exc
         for start in range(0, len(lines), CHUNK_LINES):
             self._send("\n".join(lines[start:start + CHUNK_LINES]))
 
@@ -142,8 +188,11 @@ class InfluxSink:
                                   write_precision=_NS)
         except ApiException as exc:
             message = _api_message(exc)
-            raise InfluxWriteError(f"{where}: write refused, HTTP {exc.status}: {message}",
-                                   status=exc.status) from exc
+            text = f"{where}: write refused, HTTP {exc.status}: {message}"
+            if exc.status is not None and 400 <= exc.status < 500 and (
+                    exc.status not in _RETRIED_4XX):
+                raise SinkRejected(text, exc.status, message) from exc
+            raise InfluxWriteError(text, status=exc.status) from exc
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise InfluxWriteError(f"{where}: write failed: {_network_message(exc)}") from exc
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from streamlstm.core import timestamps
-from streamlstm.core.records import Point
+from streamlstm.core.records import MAX_VALUE, Point
 from streamlstm.errors import StreamlstmError
 from streamlstm.training import SeriesHistory
 
@@ -80,9 +80,11 @@ def read_table(path: str | Path, features: Sequence[str] | None = None,
         row = _first_non_number(columns[column])
         raise InputFileError(f"{path}: row {row + 2}: {column} {columns[column][row]!r} "
                              f"is not a number") from exc
-    if not np.isfinite(values).all():
-        row = int(np.argwhere(~np.isfinite(values))[0][0])
-        raise InputFileError(f"{path}: row {row + 2}: value is not a finite number")
+    fit = np.abs(values) <= MAX_VALUE  # False for NaN and inf too
+    if not fit.all():
+        row = int(np.argwhere(~fit)[0][0])
+        raise InputFileError(f"{path}: row {row + 2}: value is not a finite number within "
+                             f"the float32 range")
     timestamps = parse_timestamps(columns[TIMESTAMP_COLUMN], where=str(path))
     if SERIES_COLUMN in columns:
         series = [str(s) for s in columns[SERIES_COLUMN]]

@@ -41,10 +41,12 @@ from kafka.errors import (
     CommitFailedError,
     IllegalGenerationError,
     KafkaError,
+    KafkaTimeoutError,
     RebalanceInProgressError,
     UnknownMemberIdError,
 )
 
+from streamlstm.checkpoints.checkpointer import PartitionState
 from streamlstm.config import KafkaSettings
 from streamlstm.core.records import Point, Rejected, SourceRecord
 from streamlstm.decoding import JsonDecoder, RateLimitedLog
@@ -86,6 +88,8 @@ def client_config(settings: KafkaSettings) -> dict[str, Any]:
         "bootstrap_servers": [s.strip() for s in settings.bootstrap_servers.split(",")],
         "client_id": settings.client_id,
         "security_protocol": settings.security_protocol,
+        # What bounds the wait for a first broker (request_timeout_ms does not; measured).
+        "bootstrap_timeout_ms": settings.connect_timeout_ms,
     }
     for name in ("sasl_mechanism", "sasl_plain_username", "sasl_plain_password",
                  "ssl_cafile", "ssl_certfile", "ssl_keyfile"):
@@ -110,6 +114,11 @@ def consumer_config(settings: KafkaSettings) -> dict[str, Any]:
 
 
 def _source_error(what: str, settings: KafkaSettings, exc: BaseException) -> SourceError:
+    if isinstance(exc, KafkaTimeoutError) and "bootstrap" in str(exc):
+        return SourceError(
+            f"kafka at {settings.bootstrap_servers}: {what} failed: no broker answered within "
+            f"{settings.connect_timeout_ms / 1000:g} s (kafka.connect_timeout_ms); "
+            "is the address right and the broker up?")
     return SourceError(f"kafka at {settings.bootstrap_servers}: {what} failed: {exc}")
 
 
@@ -134,9 +143,19 @@ class KafkaSource:
     """
 
     def __init__(self, settings: KafkaSettings, decoder: JsonDecoder,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 partition_state: PartitionState | None = None,
+                 refill_points: int | None = None) -> None:
         self.settings = settings
         self._decoder = decoder
+        self._partition_state = partition_state
+        # With it, a rewind goes back only as far as every recently active series needs to
+        # have this many points again (up to rewind_records); without, rewind_records exactly.
+        self._refill_points = refill_points
+        self._scanner: KafkaConsumer | None = None
+        # partition -> {series: offset}: restored series whose state has seen further than
+        # the partition's re-read start; their warm-up records below it are skipped.
+        self._ahead: dict[int, dict[str, int]] = {}
         self._reject_log = RateLimitedLog(log, 60.0, clock)
         self._producer: KafkaProducer | None = None
         self._lock = threading.Lock()
@@ -157,25 +176,35 @@ class KafkaSource:
     def _on_revoked(self, revoked: set[TopicPartition]) -> None:
         with self._lock:
             self._revoked |= revoked
+        if self._partition_state is not None:
+            # Runs inside poll() or close(), before the partitions are given up: a checkpoint
+            # taken now is there for the next owner.
+            self._partition_state.on_revoked({tp.partition for tp in revoked})
 
     def _on_assigned(self, assigned: set[TopicPartition]) -> None:
         with self._lock:
             # Partitions kept through an eager rebalance keep their window state; only
             # partitions new to this member need their windows refilled.
             fresh = assigned - self._held
+            released = self._revoked - assigned
             self._held = (self._held - self._revoked) | assigned
             self._revoked = set()
-            if self.settings.rewind_records > 0:
+            if self.settings.rewind_records > 0 or self._partition_state is not None:
                 self._to_rewind |= fresh
-            for tp in fresh:
+            for tp in fresh | released:
                 self._warmup_until.pop(tp.partition, None)
+                self._ahead.pop(tp.partition, None)
             # Paused until poll() has seeked them; all of them while the source is paused.
             hold = assigned if self._paused else fresh & self._to_rewind
         if hold:
             self._consumer.pause(*hold)
+        if released and self._partition_state is not None:
+            self._partition_state.on_released({tp.partition for tp in released})
 
     def _rewind(self) -> tuple[set[int], set[int]]:
-        """Seek freshly assigned partitions back before their committed offsets.
+        """Seek freshly assigned partitions back before their committed offsets: to where
+        their restored checkpoint stops (``partition_state``) or, without one, by
+        ``rewind_records``.
 
         Returns (partitions waiting for a rewind, partitions seeked). A failed lookup leaves
         them paused and queued; the next poll tries again.
@@ -200,18 +229,80 @@ class KafkaSource:
             offset = committed[tp]
             if offset is None:  # never committed: auto_offset_reset decides
                 continue
-            start = max(beginnings.get(tp, 0), offset - self.settings.rewind_records)
+            resume = (self._partition_state.on_assigned(tp.partition, offset)
+                      if self._partition_state is not None else None)
+            if resume is not None:
+                start = max(beginnings.get(tp, 0), resume.offset)
+                if resume.ahead:
+                    self._ahead[tp.partition] = resume.ahead
+            else:
+                start = self._rewind_start(tp, beginnings.get(tp, 0), offset)
             if start < offset:
                 self._warmup_until[tp.partition] = offset
                 self._consumer.seek(tp, start)
                 seeked.add(tp.partition)
-                log.info("rewinding %s[%d] from %d to %d to refill windows", tp.topic,
-                         tp.partition, offset, start)
+                log.info("re-reading %s[%d] from %d to the committed %d as warm-up (%s)",
+                         tp.topic, tp.partition, start, offset,
+                         "from its checkpoint" if resume is not None else "refilling windows")
         with self._lock:
             self._to_rewind -= todo
         if not self._paused:
             self._consumer.resume(*parts)
         return waiting, seeked
+
+    def _rewind_start(self, tp: TopicPartition, beginning: int, committed: int) -> int:
+        """Where a rewind without a checkpoint starts re-reading ``tp``.
+
+        Reads the keys (the series) backwards from the committed offset in doubling chunks
+        until every series seen in the first chunk has ``refill_points`` records, the
+        partition's beginning or ``rewind_records`` back. A failed scan rewinds the bound.
+        """
+        bound = max(beginning, committed - self.settings.rewind_records)
+        need = self._refill_points
+        if need is None or bound >= committed:
+            return bound
+        counts: dict[bytes | None, int] = {}
+        recent: set[bytes | None] | None = None
+        start, step = committed, max(100, 8 * need)
+        try:
+            scanner = self._scanner or KafkaConsumer(
+                **client_config(self.settings), group_id=None, enable_auto_commit=False)
+            self._scanner = scanner
+            scanner.assign([tp])
+            while start > bound:
+                chunk = max(bound, start - step)
+                keys = self._keys_between(scanner, tp, chunk, start)
+                for key in keys:
+                    counts[key] = counts.get(key, 0) + 1
+                recent = set(keys) if recent is None else recent
+                start, step = chunk, step * 2
+                if all(counts[k] >= need for k in recent):
+                    break
+        except KafkaError as exc:
+            log.warning("scanning %s[%d] for the rewind failed, re-reading %d records: %s",
+                        tp.topic, tp.partition, committed - bound, exc)
+            return bound
+        short = sum(1 for k in recent or () if counts[k] < need)
+        if short:
+            log.warning("%s[%d]: %d series have fewer than %d points in the %d records the "
+                        "rewind may re-read (kafka.rewind_records); they start with a short "
+                        "window", tp.topic, tp.partition, short, need, committed - start)
+        return start
+
+    def _keys_between(self, scanner: KafkaConsumer, tp: TopicPartition, start: int,
+                      stop: int) -> list[bytes | None]:
+        """The keys of the records at offsets ``start..stop-1`` of ``tp``."""
+        scanner.seek(tp, start)
+        keys: list[bytes | None] = []
+        deadline = time.monotonic() + _LOOKUP_TIMEOUT_MS / 1000
+        while time.monotonic() < deadline:
+            for message in scanner.poll(timeout_ms=500).get(tp, []):
+                if message.offset >= stop:
+                    return keys
+                keys.append(message.key)
+            if scanner.position(tp, timeout_ms=_LOOKUP_TIMEOUT_MS) >= stop:
+                return keys
+        raise KafkaError(f"reading offsets {start}..{stop} timed out")
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -241,6 +332,7 @@ class KafkaSource:
                     consumer.seek(tp, messages[0].offset)
                 continue
             boundary = self._warmup_until.get(partition)
+            ahead = self._ahead.get(partition)
             for message in messages:
                 offset = message.offset
                 warmup = boundary is not None and offset < boundary
@@ -251,6 +343,8 @@ class KafkaSource:
                         rejected.append(Rejected(exc.reason, exc.detail, message.key,
                                                  message.value, partition, offset))
                     continue
+                if ahead and offset < ahead.get(point.series, -1):
+                    continue  # its restored state has seen this one
                 records.append(SourceRecord(point, partition, offset, warmup,
                                             message.key, message.value))
             last = messages[-1].offset
@@ -258,6 +352,7 @@ class KafkaSource:
                 offsets[partition] = last + 1
                 if boundary is not None:
                     del self._warmup_until[partition]
+                    self._ahead.pop(partition, None)
         for reject in rejected:
             self._reject_log.warning(
                 reject.reason, "rejected message at %s[%d]@%d: %s: %s", settings.topic,
@@ -354,6 +449,8 @@ class KafkaSource:
         """Leave the group (without committing) and close the dead-letter producer."""
         try:
             self._consumer.close(autocommit=False)
+            if self._scanner is not None:
+                self._scanner.close(autocommit=False)
             if self._producer is not None:
                 self._producer.close(timeout=_DEAD_LETTER_TIMEOUT_S)
         except KafkaError as exc:
@@ -450,7 +547,8 @@ def read_range(settings: KafkaSettings, start_ts: float, end_ts: float,
 
 def produce_points(bootstrap: str, topic: str, points: Sequence[Point],
                    feature_names: Sequence[str], rate: float = 0.0,
-                   restamp: bool = False, clock: Callable[[], float] = time.time) -> int:
+                   restamp: bool = False, clock: Callable[[], float] = time.time,
+                   connect_timeout_ms: int = KafkaSettings.connect_timeout_ms) -> int:
     """Send ``points`` as JSON events keyed by series (so each series keeps its order).
 
     ``rate`` limits events per second (0: as fast as the broker takes them); ``restamp``
@@ -458,9 +556,11 @@ def produce_points(bootstrap: str, topic: str, points: Sequence[Point],
     that show recent data see it (live demos).
     """
     try:
-        producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20)
+        producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20,
+                                 bootstrap_timeout_ms=connect_timeout_ms)
     except KafkaError as exc:
-        raise SourceError(f"kafka at {bootstrap}: connecting the producer failed: {exc}") from exc
+        settings = KafkaSettings(bootstrap_servers=bootstrap, connect_timeout_ms=connect_timeout_ms)
+        raise _source_error("connecting the producer", settings, exc) from exc
     started = clock()
     sent = 0
     try:

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
+from streamlstm import __version__
 from streamlstm.devstack import free_port
+from streamlstm.metrics import build_labels
 from tests.integration.daemon import (
     STEP,
     T0,
@@ -64,6 +66,14 @@ def test_scores_every_event_once_and_flags_the_spikes(kafka, influx, prometheus_
         assert daemon.metric("streamlstm_events_consumed_total") == len(names) * n
         assert daemon.metric("streamlstm_events_scored_total") == expected
         assert daemon.metric("streamlstm_series_tracked") == len(names)
+        # Event-time freshness: the newest event scored is the last one produced.
+        assert daemon.metric("streamlstm_last_event_timestamp_seconds") == T0 + (n - 1) * STEP
+        build = build_labels()
+        assert build["version"] == __version__
+        assert daemon.metric("streamlstm_build_info", **build) == 1
+        status, exposition = daemon.get("/metrics")
+        assert status == 200 and "streamlstm_build_info{" in exposition
+        assert "_created" not in exposition
         version = daemon.service.pipeline.model_version
 
     points = points_by_series(influx, database)
@@ -74,7 +84,7 @@ def test_scores_every_event_once_and_flags_the_spikes(kafka, influx, prometheus_
         # One point per scored event: every event from the first full window on, exactly once.
         expected_times = [int((T0 + i * STEP) * 1e9) for i in range(WINDOW - 1, n)]
         assert [r["time"] for r in rows] == expected_times
-        assert {r["model"] for r in rows} == {version}
+        assert {r["model_version"] for r in rows} == {version}
         assert all(0.0 <= r["score"] <= 1.0 for r in rows)
         assert all(r["threshold"] > 0 and r["error"] >= 0 for r in rows)
         flagged = [int(round(r["time"] / 1e9 - T0) / STEP) for r in rows if r["is_anomaly"]]

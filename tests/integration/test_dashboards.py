@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -73,11 +74,21 @@ def test_every_dashboard_query_returns_data(kafka, influx, prometheus_factory, u
 
         failures: list[str] = []
         checked = 0
+        # What the daemon really wrote: a point is series + time, so "series" is the only tag,
+        # and a panel grouping by anything else would silently show one merged group.
+        tag_keys = {r["tagKey"] for r in influx.query('SHOW TAG KEYS FROM "anomaly"',
+                                                       db=database)}
+        assert tag_keys == {"series"}
         for path in DASHBOARDS:
             dashboard = json.loads(path.read_text())
             for q in [*panel_queries(dashboard), *template_queries(dashboard)]:
                 if q.kind == "influxql":
                     text = substitute(q.query, t0_ns, t1_ns, "1m", variables, kind="influxql")
+                    grouped = re.search(r"\bGROUP BY (.*?)(?:\bfill\(|\bORDER\b|$)", text)
+                    unknown = set(re.findall(r'"(\w+)"', grouped.group(1) if grouped else ""))
+                    if unknown - tag_keys:
+                        failures.append(f"{path.name} / {q.panel_title!r}: groups by "
+                                        f"{sorted(unknown - tag_keys)}, not a tag")
                     try:
                         result = influx.query(text, db=database)
                     except Exception as exc:  # report every failing panel, not just the first

@@ -68,7 +68,7 @@ def test_hot_reload_swaps_models_between_batches_and_refuses_a_broken_one(
             assert [r["time"] for r in rows] == [int((T0 + i * STEP) * 1e9)
                                                  for i in range(WINDOW - 1, n)], (
                 f"{name}: gap or duplicate across the reload")
-            tags = [r["model"] for r in rows]
+            tags = [r["model_version"] for r in rows]
             assert set(tags) == {version_a, version_b}, f"{name}: model tags {set(tags)}"
             last_a = max(i for i, t in enumerate(tags) if t == version_a)
             first_b = min(i for i, t in enumerate(tags) if t == version_b)
@@ -97,4 +97,4 @@ def test_hot_reload_swaps_models_between_batches_and_refuses_a_broken_one(
         rows = points[name]
         assert [r["time"] for r in rows] == [int((T0 + i * STEP) * 1e9)
                                              for i in range(WINDOW - 1, n + extra)]
-        assert {r["model"] for r in rows[-extra:]} == {version_b}
+        assert {r["model_version"] for r in rows[-extra:]} == {version_b}

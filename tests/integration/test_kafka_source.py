@@ -326,3 +326,33 @@ def test_rebalance_rewinds_only_partitions_new_to_a_member(
         first.close()
         if second is not None:
             second.close()
+
+
+def test_a_rewind_without_checkpoint_goes_back_until_every_recent_series_is_refilled(
+        kafka: Any, topic: str, unique_name: Callable[[str], str]) -> None:
+    """A busy series must not crowd a quiet one out of the re-read: the rewind reads the keys
+    backwards until every series seen lately has ``refill_points`` points again."""
+    settings = settings_for(kafka, topic, unique_name("g"), rewind_records=100_000)
+    messages = []
+    for i in range(2000):  # "quiet" sends one event for every 20 of "busy"
+        messages.append((0, b"busy", event("busy", T0 + i, i)))
+        if i % 20 == 0:
+            messages.append((0, b"quiet", event("quiet", T0 + i, i)))
+    produce(kafka, topic, messages)
+    first = KafkaSource(settings, JsonDecoder())
+    try:
+        polled = poll_until(first, count_at_least(len(messages)))
+        first.commit(polled.offsets)
+    finally:
+        first.close()
+
+    second = KafkaSource(settings, JsonDecoder(), refill_points=8)
+    try:
+        produce(kafka, topic, [(0, b"busy", event("busy", T0 + 2000, 2000))])
+        polled = poll_until(second, lambda p: any(not r.warmup for r in p.records))
+        warmup = [r for r in polled.records if r.warmup]
+        quiet = sum(1 for r in warmup if r.point.series == "quiet")
+        assert quiet >= 8  # refilled, though the last 8 quiet events span 160 busy ones
+        assert len(warmup) < len(messages) // 2  # and not by re-reading everything
+    finally:
+        second.close()

@@ -251,3 +251,32 @@ def test_a_section_that_is_not_a_mapping_is_still_refused(tmp_path: Path) -> Non
         error = config_error(write(tmp_path, text))
         assert error.key == "influx"
         assert "a mapping" in str(error)
+
+
+def test_choices_are_taken_in_any_case() -> None:
+    settings = load(None, {"STREAMLSTM_LOG_LEVEL": "debug", "STREAMLSTM_LOG_FORMAT": "JSON"})
+    assert settings.log_level == "DEBUG" and settings.log_format == "json"
+
+
+def test_log_format_and_connect_timeout(tmp_path: Path) -> None:
+    defaults = load(None, {})
+    assert defaults.log_format == "plain" and defaults.kafka.connect_timeout_ms == 10_000
+    path = write(tmp_path, "log_format: json\nkafka:\n  connect_timeout_ms: 2500\n")
+    settings = load(path, {})
+    assert settings.log_format == "json" and settings.kafka.connect_timeout_ms == 2500
+    error = config_error(write(tmp_path, "kafka:\n  connect_timeout_ms: 0\n"))
+    assert error.key == "kafka.connect_timeout_ms"
+    error = config_error(write(tmp_path, "log_format: xml\n"))
+    assert error.key == "log_format" and "plain, json" in str(error)
+
+
+def test_a_bad_value_from_the_environment_names_the_variable(tmp_path: Path) -> None:
+    error = config_error(None, {"STREAMLSTM_METRICS_PORT": "abc"})
+    assert error.variable == "STREAMLSTM_METRICS_PORT"
+    assert str(error) == ("metrics.port: expected an integer, got 'abc' "
+                          "(from STREAMLSTM_METRICS_PORT)")
+    error = config_error(None, {"STREAMLSTM_METRICS_PORT": "70000"})  # a range check
+    assert str(error).endswith("(from STREAMLSTM_METRICS_PORT)")
+    # The same bad value written in the file names no variable.
+    error = config_error(write(tmp_path, "metrics:\n  port: abc\n"))
+    assert error.variable is None and "from" not in str(error)

@@ -43,8 +43,10 @@ DASHBOARD_PROVIDER = GRAFANA / "provisioning" / "dashboards" / "streamlstm.yaml"
 DEFAULTS = config.Settings()
 METRICS_PORT = DEFAULTS.metrics.port
 INFLUX_MEASUREMENT = DEFAULTS.influx.measurement
-INFLUX_TAGS = {"series", "model"}
-INFLUX_FIELDS = {"value", "score", "error", "threshold", "is_anomaly"}
+# The one tag is the series (a point is measurement + series + time); the rest are fields.
+INFLUX_TAGS = {"series"}
+INFLUX_FIELDS = {"value", "score", "error", "novelty", "threshold", "is_anomaly",
+                 "model_version"}
 # influxdb-client's own variables (InfluxDBClient.from_env_properties) that config maps.
 INFLUX_CLIENT_ENV = {k for k in config.ENVIRONMENT_KEYS if k.startswith("INFLUXDB_V2_")}
 # Interpreter and image plumbing, not settings.
@@ -609,6 +611,35 @@ def test_influxql_queries_use_the_schema_the_daemon_writes() -> None:
         aliases = set(re.findall(r'\bAS "(\w+)"', query))
         identifiers = set(re.findall(r'"(\w+)"', query)) - aliases
         assert identifiers <= allowed, f"{where}: {sorted(identifiers - allowed)}"
+
+
+def test_the_sink_writes_exactly_the_tags_and_fields_the_dashboards_know() -> None:
+    from streamlstm.core.records import Score
+    from streamlstm.sinks.influx import to_lines
+
+    (line,) = to_lines([Score("s", 1.0, (1.0,), 0.1, 0.2, 0.3, False, "v1", novelty=0.5)], "m")
+    tag_set, field_set, _ = line.split(" ")
+    assert {kv.split("=")[0] for kv in tag_set.split(",")[1:]} == INFLUX_TAGS
+    assert {kv.split("=")[0] for kv in field_set.split(",")} == INFLUX_FIELDS
+
+
+def test_dashboards_group_and_alias_by_tags_only() -> None:
+    """InfluxQL groups by tags; a GROUP BY or $tag_ alias naming a field silently groups
+    nothing (one group, an empty label)."""
+    alert = _yaml(GRAFANA / "provisioning" / "alerting" / "streamlstm-anomaly.yaml")
+    alert_queries = [(r["title"], d["model"]["query"])
+                     for g in alert["groups"] for r in g["rules"] for d in r["data"]
+                     if d["datasourceUid"] != "__expr__"]
+    for where, query in dashboard_influxql() + alert_queries:
+        grouped = re.search(r"\bGROUP BY (.*?)(?:\bfill\(|\bORDER\b|\bLIMIT\b|$)", query)
+        if grouped:
+            named = set(re.findall(r'"(\w+)"', grouped.group(1)))
+            assert named <= INFLUX_TAGS, f"{where}: groups by {sorted(named - INFLUX_TAGS)}"
+    for dashboard in DASHBOARDS:
+        board = json.loads(dashboard.read_text(encoding="utf-8"))
+        for target in (t for panel in iter_panels(board) for t in panel.get("targets", [])):
+            for tag in re.findall(r"\$tag_(\w+)", target.get("alias", "")):
+                assert tag in INFLUX_TAGS, f"{dashboard.name}: alias by {tag!r}, not a tag"
 
 
 def test_health_dashboard_covers_what_an_operator_needs() -> None:

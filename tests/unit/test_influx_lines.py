@@ -23,19 +23,21 @@ def fields(line: str) -> dict[str, str]:
     _, field_set, _ = line.split(" ")
     assert field_set and ",," not in field_set
     assert not field_set.startswith(",") and not field_set.endswith(",")
-    return dict(part.split("=", 1) for part in field_set.split(","))
+    parsed = dict(part.split("=", 1) for part in field_set.split(","))
+    assert parsed.pop("model_version") == '"v1"'  # a field: the point's identity is series + time
+    return parsed
 
 
 def test_novelty_is_a_float_field_in_key_order() -> None:
     (line,) = to_lines([score(novelty=1.5)], "m")
-    assert line == ("m,model=v1,series=s error=0.01,is_anomaly=false,novelty=1.5,score=0.2,"
-                    f"threshold=0.9,value=0.5 {NS}")
+    assert line == ('m,series=s error=0.01,is_anomaly=false,model_version="v1",novelty=1.5,'
+                    f"score=0.2,threshold=0.9,value=0.5 {NS}")
 
 
 def test_without_novelty_the_field_is_absent() -> None:
     (line,) = to_lines([score(novelty=None)], "m")
-    assert line == ("m,model=v1,series=s error=0.01,is_anomaly=false,score=0.2,threshold=0.9,"
-                    f"value=0.5 {NS}")
+    assert line == ('m,series=s error=0.01,is_anomaly=false,model_version="v1",score=0.2,'
+                    f"threshold=0.9,value=0.5 {NS}")
     assert "novelty" not in line
 
 
