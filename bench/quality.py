@@ -268,7 +268,14 @@ def main() -> None:
                              "settings) into OUTPUT/quality.json besides its usual keys")
     parser.add_argument("--thresholds", default="0.25,0.27,0.3,0.35,0.4",
                         help="fixed thresholds for the trade-off table (comma-separated)")
+    parser.add_argument("--synthetic", action="store_true",
+                        help="run the generated suite instead (bench/synthetic_quality.py)")
     args = parser.parse_args()
+    if args.synthetic:
+        from synthetic_quality import main as synthetic_main
+
+        synthetic_main(["--model", args.model] + (["--json"] if args.json else []))
+        return
 
     labels, files = load_corpus(args.data)
     artifact = load_artifact(args.model)

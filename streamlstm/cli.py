@@ -130,12 +130,13 @@ def build_service(settings: config_module.Settings, registry: Any = None) -> tup
     pipeline = Pipeline(artifact, PipelineSettings(
         stride=settings.windows.stride,
         max_series=settings.windows.max_series,
+        max_new_series_per_poll=settings.windows.max_new_series_per_poll,
         idle_evict_s=settings.windows.idle_evict_s,
         max_gap_intervals=settings.windows.max_gap_intervals,
         memory_windows=settings.windows.memory_windows,
         season_s=settings.windows.season_s,
         season_periods=settings.windows.season_periods,
-    ), device=device)
+    ), device=device, alarms=alarm_policy(settings.alarms, artifact))
     # The clock turns on the decoder's timestamp window (decoder.max_past_s / max_future_s).
     decoder = JsonDecoder(settings.decoder, artifact.feature_names, clock=time.time)
     checkpointer = _checkpointer(settings, pipeline, metrics)
@@ -153,8 +154,39 @@ def build_service(settings: config_module.Settings, registry: Any = None) -> tup
         stall_after_s=settings.metrics.stall_after_s,
     ))
     server = MetricsServer(registry, settings.metrics.host, settings.metrics.port,
-                           health=service.health, ready=service.ready)
+                           health=service.health, ready=service.ready,
+                           request_timeout_s=settings.metrics.request_timeout_s)
     return service, server
+
+
+def alarm_policy(alarms: config_module.AlarmSettings, artifact: Any) -> Any:
+    """The config's ``alarms`` as the core's `AlarmPolicy`, checked against ``artifact``'s
+    calibration (a warm-up longer than its history is a ConfigError naming the key)."""
+    from streamlstm.core.calibration import AlarmOverride, AlarmPolicy
+    from streamlstm.core.pipeline import calibration_settings
+
+    policy = AlarmPolicy(alarms.threshold, alarms.alarm_hold, alarms.warmup, tuple(
+        AlarmOverride(o.series, o.threshold, o.alarm_hold, o.warmup) for o in alarms.overrides))
+    try:
+        policy.resolve(calibration_settings(artifact.calibration))
+    except ValueError as exc:
+        where, _, why = str(exc).partition(": ")
+        raise ConfigError(f"{where}.warmup" if "warmup" in why else where,
+                          f"a value that fits the model ({why})") from exc
+    return policy
+
+
+def _checkpoint_root(settings: config_module.Settings) -> Path:
+    """``checkpoint.directory``, else a ``checkpoints`` folder next to the models directory;
+    never inside the installed package (when the daemon runs on the bundled model), where the
+    user's state directory is used instead."""
+    if settings.checkpoint.directory:
+        return Path(settings.checkpoint.directory)
+    models = Path(settings.model.path).absolute()
+    if models.is_relative_to(Path(__file__).parent.absolute()):
+        state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+        return Path(state) / "streamlstm" / "checkpoints"
+    return models.parent / "checkpoints"
 
 
 def _checkpointer(settings: config_module.Settings, pipeline: Any, metrics: Any) -> Any:
@@ -176,9 +208,8 @@ def _checkpointer(settings: config_module.Settings, pipeline: Any, metrics: Any)
                 pipeline.state_layout(), max_record_bytes=chosen.max_record_bytes,
                 replication_factor=chosen.replication_factor)
         else:
-            root = (Path(chosen.directory) if chosen.directory
-                    else Path(settings.model.path).absolute().parent / "checkpoints")
-            store = DirectoryStore(root / kafka.group_id / kafka.topic, keep=chosen.keep)
+            store = DirectoryStore(_checkpoint_root(settings) / kafka.group_id / kafka.topic,
+                                   keep=chosen.keep)
     except CheckpointError as exc:  # a directory that cannot be made, a state too large
         key = "checkpoint.directory" if chosen.store == "directory" else (
             "checkpoint.max_record_bytes")
@@ -301,6 +332,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from streamlstm.sources.files import read_table
 
     artifact = _load_model(args.model)
+    alarms = (alarm_policy(config_module.load(args.config, os.environ).alarms, artifact)
+              if args.config else None)
     multi = artifact.architecture.n_features > 1
     started = time.perf_counter()
     # Every input is read and checked before a line is written.
@@ -312,7 +345,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         writer.writerow(["series", "timestamp", *(artifact.feature_names if multi else ["value"]),
                          "anomaly_score", "is_anomaly", "error", "novelty", "threshold"])
         for table in tables:
-            pipeline = Pipeline(artifact, PipelineSettings(stride=args.stride))
+            pipeline = Pipeline(artifact, PipelineSettings(stride=args.stride), alarms=alarms)
             points = table.points()
             scores = score_points(pipeline, points)
             for point, score in zip(points, scores, strict=True):
@@ -340,6 +373,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     labels = evaluation.load_windows(args.labels)
     if args.output:
         _check_output_path(args.output, "--output")
+    if args.plots:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError as exc:
+            raise StreamlstmError(
+                "--plots needs matplotlib: pip install 'streamlstm[eval]'") from exc
     artifact = _load_model(args.model)
     series_list, rows, elapsed = score_labelled_files(
         _expand_data(args.data), labels, artifact, args.labels)
@@ -472,6 +511,40 @@ def cmd_models_activate(args: argparse.Namespace) -> int:
     set_current(models, args.version)
     print(f"current model is now {args.version}")
     return 0
+
+
+def cmd_models_init(args: argparse.Namespace) -> int:
+    """Install the bundled model when the models directory has no model in service yet.
+
+    Idempotent, for an init step before every start (Kubernetes init container, systemd
+    ExecStartPre, a compose one-shot): a directory whose ``current`` names a version is left
+    alone, so a trained model is never replaced.
+    """
+    from streamlstm.demo import install_bundled_model
+
+    models = Path(_models_dir(args.models))
+    in_service = _model_in_service(models)
+    if in_service is None:
+        try:
+            install_bundled_model(models)
+            return 0
+        except ArtifactError:
+            # Another replica's init step may have won the race: fine if a model is there now.
+            in_service = _model_in_service(models)
+            if in_service is None:
+                raise
+    print(f"a model is already in service: {in_service.name} in {models}")
+    return 0
+
+
+def _model_in_service(models: Path) -> Path | None:
+    from streamlstm.model.artifact import resolve_model_dir
+
+    try:
+        target = resolve_model_dir(models)
+    except ArtifactError:
+        return None
+    return target if target.is_dir() else None
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -713,6 +786,10 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--model", metavar="PATH", help=model_help)
     replay.add_argument("--stride", type=_positive_int, default=1,
                         help="score every Nth event of a series")
+    replay.add_argument("--config", metavar="FILE",
+                        help="a daemon config whose alarms section (threshold, alarm_hold, "
+                             "warmup, overrides) applies, as in the daemon (default: the "
+                             "model's own calibration)")
     replay.set_defaults(handler=cmd_replay)
 
     evaluate = verb(verbs, "evaluate", "score labelled files and report NAB scores")
@@ -725,8 +802,8 @@ def _parser() -> argparse.ArgumentParser:
                           help="directory (created if missing) for one PNG per series")
     evaluate.set_defaults(handler=cmd_evaluate)
 
-    models = verbs.add_parser("models", help="list or activate model versions",
-                              description="List or activate model versions.",
+    models = verbs.add_parser("models", help="list, activate or install model versions",
+                              description="List, activate or install model versions.",
                               formatter_class=_HelpFormatter)
     models_verbs = models.add_subparsers(dest="models_verb", required=True, metavar="ACTION")
     models_help = "models directory (default: STREAMLSTM_MODEL_PATH, else models)"
@@ -737,6 +814,10 @@ def _parser() -> argparse.ArgumentParser:
     activate.add_argument("version", help="a version directory name, as `models list` shows")
     activate.add_argument("--models", metavar="DIR", help=models_help)
     activate.set_defaults(handler=cmd_models_activate)
+    init = verb(models_verbs, "init", "install the bundled model if no model is in service "
+                "(a first start without training)")
+    init.add_argument("--models", metavar="DIR", help=models_help)
+    init.set_defaults(handler=cmd_models_init)
 
     config = verb(verbs, "config", "check a config file and print the effective settings")
     config.add_argument("--config", metavar="FILE",

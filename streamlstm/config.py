@@ -29,6 +29,10 @@ class KafkaSettings:
     group_id: str = "streamlstm"
     client_id: str = "streamlstm"
     dead_letter_topic: str = "metrics.dead-letter"  # "" disables the dead-letter topic
+    # The largest dead letter sent (the producer's max_request_size; keep it at or below the
+    # broker's message.max.bytes): a reject bigger than this with its headers goes with its
+    # value cut to fit and a streamlstm-truncated header giving the original size.
+    dead_letter_max_bytes: int = 1_000_000
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: str | None = None
@@ -99,6 +103,9 @@ class WindowSettings:
 
     stride: int = 1
     max_series: int = 10_000
+    # Once max_series are held, at most this many new series a poll may evict others; the
+    # events of further new series are dead-lettered as series_limit (0: no cap).
+    max_new_series_per_poll: int = 1_000
     idle_evict_s: float = 86_400.0
     # Gaps up to this many sampling intervals are filled by interpolation; longer gaps
     # restart the series' window and warm-up.
@@ -134,12 +141,36 @@ class CheckpointSettings:
 class MetricsSettings:
     """The HTTP endpoint with /metrics, /healthz and /readyz."""
 
-    host: str = "0.0.0.0"
+    host: str = "0.0.0.0"  # every interface (a pod's probes and scrapes); 127.0.0.1: local only
     port: int = 9108
+    # A connection that sends no complete request within this long is closed, so idle or slow
+    # clients cannot hold the server's threads.
+    request_timeout_s: float = 10.0
     per_series_labels: bool = False
     # /healthz fails (and a liveness probe restarts the daemon) when the loop has not turned
     # for this long; a store outage does not stop it turning, only /readyz says so.
     stall_after_s: float = 120.0
+
+
+@dataclass(frozen=True)
+class AlarmOverrideSettings:
+    """Alarm settings for the series whose name matches ``series`` (a glob: ``db.*``)."""
+
+    series: str = ""  # fnmatch-style pattern, case-sensitive; the first override matching wins
+    threshold: float | None = None  # None: alarms.threshold
+    alarm_hold: int | None = None  # None: alarms.alarm_hold
+    warmup: int | None = None  # None: alarms.warmup
+
+
+@dataclass(frozen=True)
+class AlarmSettings:
+    """How scores become alarms, over the model's own calibration (None: the model's value),
+    changeable without retraining. Applied again to each model a hot reload brings."""
+
+    threshold: float | None = None  # anomaly score in (0, 1] at or above which a window alarms
+    alarm_hold: int | None = None  # windows a series stays quiet after an alarm
+    warmup: int | None = None  # windows a series is scored before it may score above 0
+    overrides: tuple[AlarmOverrideSettings, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -153,6 +184,7 @@ class Settings:
     windows: WindowSettings = field(default_factory=WindowSettings)
     checkpoint: CheckpointSettings = field(default_factory=CheckpointSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    alarms: AlarmSettings = field(default_factory=AlarmSettings)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"  # any case: debug works
     # plain: "2026-11-23T10:00:00.123Z INFO name: message" (UTC); json: one object per line.
     log_format: Literal["plain", "json"] = "plain"
@@ -170,12 +202,16 @@ ENVIRONMENT_KEYS: dict[str, str] = {
     "STREAMLSTM_INFLUX_BUCKET": "influx.bucket",
     "STREAMLSTM_CHECKPOINT_STORE": "checkpoint.store",
     "STREAMLSTM_CHECKPOINT_DIRECTORY": "checkpoint.directory",
+    "STREAMLSTM_ALARMS_THRESHOLD": "alarms.threshold",
     "STREAMLSTM_LOG_LEVEL": "log_level",
     "STREAMLSTM_LOG_FORMAT": "log_format",
     "INFLUXDB_V2_URL": "influx.url",
     "INFLUXDB_V2_ORG": "influx.org",
     "INFLUXDB_V2_TOKEN": "influx.token",
 }
+
+#: The smallest kafka.dead_letter_max_bytes: the reason headers of a dead letter fit in it.
+MIN_DEAD_LETTER_BYTES = 4096
 
 _POSITIVE = {
     "kafka.session_timeout_ms",
@@ -197,10 +233,11 @@ _POSITIVE = {
     "checkpoint.keep",
     "checkpoint.max_record_bytes",
     "metrics.stall_after_s",
+    "metrics.request_timeout_s",
 }
 _NON_NEGATIVE = {"decoder.max_past_s", "decoder.max_future_s",
                  "kafka.rewind_records", "metrics.port", "windows.season_s", "model.threads",
-                 "checkpoint.interval_events"}
+                 "checkpoint.interval_events", "windows.max_new_series_per_poll"}
 _NON_EMPTY = {
     "kafka.bootstrap_servers",
     "kafka.topic",
@@ -295,6 +332,16 @@ def _coerce(key: str, hint: Any, value: Any) -> Any:
             return None
         inner = [a for a in args if a is not type(None)]
         return _coerce(key, inner[0], value)
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis and (
+            dataclasses.is_dataclass(args[0])):
+        # A list of sections (alarms.overrides): each item named by its index from 0.
+        if value is None:
+            return ()
+        if not isinstance(value, list):
+            raise ConfigError(key, "a list", value)
+        return tuple(_build(typing.cast(type, args[0]), {} if item is None else item,
+                            prefix=f"{key}[{i}].")
+                     for i, item in enumerate(value))
     if origin is Literal:
         choices = [str(a) for a in args]
         # Any case is accepted (log_level: debug) and stored as the choice is spelt.
@@ -356,8 +403,14 @@ def _check_ranges(settings: Settings) -> None:
         raise ConfigError("windows.max_gap_intervals",
                           "an integer of at least 1 (0 would restart every window at each point)",
                           settings.windows.max_gap_intervals)
+    _check_alarms(settings.alarms)
     if settings.metrics.port > 65535:
         raise ConfigError("metrics.port", "a TCP port between 0 and 65535", settings.metrics.port)
+    if settings.kafka.dead_letter_max_bytes < MIN_DEAD_LETTER_BYTES:
+        # Below this the reason headers alone might not fit.
+        raise ConfigError("kafka.dead_letter_max_bytes",
+                          f"at least {MIN_DEAD_LETTER_BYTES} bytes",
+                          settings.kafka.dead_letter_max_bytes)
     if settings.kafka.heartbeat_interval_ms >= settings.kafka.session_timeout_ms:
         raise ConfigError(
             "kafka.heartbeat_interval_ms",
@@ -366,3 +419,25 @@ def _check_ranges(settings: Settings) -> None:
         )
     if settings.kafka.security_protocol.startswith("SASL") and not settings.kafka.sasl_mechanism:
         raise ConfigError("kafka.sasl_mechanism", "a SASL mechanism (PLAIN, SCRAM-SHA-256, ...)")
+
+
+def _check_alarms(alarms: AlarmSettings) -> None:
+    """Thresholds in (0, 1], holds >= 0, warm-ups >= 1; each override a pattern and a value.
+    Whether a warm-up fits the model's history is checked when the model is loaded."""
+    levels: list[tuple[str, AlarmSettings | AlarmOverrideSettings]] = [("alarms", alarms)]
+    levels += [(f"alarms.overrides[{i}]", o) for i, o in enumerate(alarms.overrides)]
+    for where, level in levels:
+        if level.threshold is not None and not 0.0 < level.threshold <= 1.0:
+            raise ConfigError(f"{where}.threshold", "an anomaly score in (0, 1]", level.threshold)
+        if level.alarm_hold is not None and level.alarm_hold < 0:
+            raise ConfigError(f"{where}.alarm_hold", "zero or a positive integer",
+                              level.alarm_hold)
+        if level.warmup is not None and level.warmup < 1:
+            raise ConfigError(f"{where}.warmup", "a positive integer", level.warmup)
+        if isinstance(level, AlarmOverrideSettings):
+            if not level.series.strip():
+                raise ConfigError(f"{where}.series", "a glob pattern naming series (db.*)",
+                                  level.series)
+            if level.threshold is None and level.alarm_hold is None and level.warmup is None:
+                raise ConfigError(where, "at least one of threshold, alarm_hold, warmup",
+                                  level.series)

@@ -18,7 +18,10 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
+    GCCollector,
     Histogram,
+    PlatformCollector,
+    ProcessCollector,
     disable_created_metrics,
     generate_latest,
 )
@@ -45,9 +48,12 @@ def build_labels() -> dict[str, str]:
 OUT_OF_ORDER = "out_of_order"
 #: The reason for an event whose point the store refused (an HTTP 4xx on its own).
 STORE_REJECTED = "store_rejected"
+#: The reason for an event of a new series refused during a flood of new series names
+#: (``windows.max_new_series_per_poll``).
+SERIES_LIMIT = "series_limit"
 #: Every ``reason`` label of ``streamlstm_events_rejected_total``: the decoder's reasons and
 #: the service's own. Each is created at start, so dashboards show 0 rather than no data.
-REJECTION_REASONS = (*DECODE_REASONS, OUT_OF_ORDER, STORE_REJECTED)
+REJECTION_REASONS = (*DECODE_REASONS, OUT_OF_ORDER, STORE_REJECTED, SERIES_LIMIT)
 
 # Scoring a batch takes from ~0.1 ms (a few windows) to seconds (a cold start on a big poll).
 _SCORING_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -63,6 +69,11 @@ class Metrics:
         # No `*_created` series: process-wide in prometheus_client, so this covers the
         # daemon's registry whatever PROMETHEUS_DISABLE_CREATED_SERIES says.
         disable_created_metrics()
+        # The standard process_* (CPU, memory, file descriptors, start time) and python_*
+        # (version, garbage collections) families, on this registry rather than the global one.
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        GCCollector(registry=registry)
         self.build_info = Gauge(
             "streamlstm_build_info",
             "The running build (value 1): streamlstm, Python and torch versions.",
@@ -100,7 +111,26 @@ class Metrics:
         )
         self.anomalies = Counter(
             "streamlstm_anomalies_total",
-            "Scored events flagged as anomalous.",
+            "Alarms: scored events flagged is_anomaly, each the first point of an incident (the "
+            "series is then held quiet for alarm_hold windows).",
+            registry=registry,
+        )
+        self.threshold = Gauge(
+            "streamlstm_threshold",
+            "The global alarm threshold in force: the model's calibration or alarms.threshold "
+            "(series matching an alarms.overrides pattern may use another).",
+            registry=registry,
+        )
+        self.retrain_suggested = Gauge(
+            "streamlstm_retrain_suggested",
+            "1 once the model's reconstruction errors drifted upwards (river ADWIN on the mean "
+            "log error of each poll) since the model was loaded; a new model resets it to 0.",
+            registry=registry,
+        )
+        self.error_drifts = Counter(
+            "streamlstm_error_drifts_total",
+            "Changes detected in the model's error stream, by direction (up: errors grew).",
+            ["direction"],
             registry=registry,
         )
         self.points_written = Counter(
@@ -186,7 +216,15 @@ class Metrics:
             registry=registry,
         )
         self.series_score: Gauge | None = None
+        self.series_anomalies: Counter | None = None
         if per_series_labels:
+            self.series_anomalies = Counter(
+                "streamlstm_series_anomalies_total",
+                "Alarms per series (only with metrics.per_series_labels; created at 0 when a "
+                "series is first scored, so its first alarm is an increase).",
+                ["series"],
+                registry=registry,
+            )
             self.series_score = Gauge(
                 "streamlstm_series_score",
                 "Latest anomaly score per series (only with metrics.per_series_labels).",
@@ -195,8 +233,8 @@ class Metrics:
             )
         self.series_warming = Gauge(
             "streamlstm_series_warming",
-            "Series held whose calibrators are still learning their warm-up (not yet scored "
-            "at full strength); the rest of streamlstm_series_tracked are warm.",
+            "Series held that cannot alarm yet (no kind of evidence past its calibration "
+            "warm-up); the rest of streamlstm_series_tracked are warm.",
             registry=registry,
         )
         self.checkpoints = CheckpointMetrics(registry)
@@ -206,6 +244,8 @@ class Metrics:
             self.model_reloads.labels(result=reason)
         for reason in ("idle", "capacity"):
             self.series_evicted.labels(reason=reason)
+        for direction in ("up", "down"):
+            self.error_drifts.labels(direction=direction)
 
     def scored_up_to(self, event_timestamp: float) -> None:
         """Note a scored event's time; the gauge keeps the newest (a late series never
@@ -284,27 +324,42 @@ class CheckpointMetrics:
 
 Probe = Callable[[], tuple[bool, str]]
 
+#: The longest reason /healthz and /readyz give, after "not ok: ".
+MAX_REASON_CHARS = 120
+
+
+def short_reason(reason: str) -> str:
+    """A probe's reason as one short line of printable text (whatever the probe said)."""
+    line = reason.strip().splitlines()[0] if reason.strip() else ""
+    line = "".join(c if c.isprintable() else "?" for c in line)
+    return line if len(line) <= MAX_REASON_CHARS else line[: MAX_REASON_CHARS - 3] + "..."
+
 
 class MetricsServer:
     """Serves ``/metrics``, ``/healthz`` (the process is alive) and ``/readyz`` (it is working).
 
-    Runs on its own daemon thread; ``health`` and ``ready`` return ``(ok, reason)``.
+    Runs on its own daemon thread; ``health`` and ``ready`` return ``(ok, reason)``; a reason
+    is answered as one short line (`short_reason`). A connection that has not sent a complete
+    request within ``request_timeout_s`` is closed, so idle clients do not pin threads.
     """
 
     def __init__(self, registry: CollectorRegistry, host: str, port: int,
-                 health: Probe, ready: Probe) -> None:
+                 health: Probe, ready: Probe, request_timeout_s: float = 10.0) -> None:
         self._registry = registry
         self._health = health
         self._ready = ready
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = request_timeout_s  # socket timeout for every read and write
+
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":
                     self._send(200, generate_latest(server._registry), CONTENT_TYPE_LATEST)
                 elif path in ("/healthz", "/readyz"):
                     ok, reason = (server._health if path == "/healthz" else server._ready)()
+                    reason = short_reason(reason)
                     body = (("ok" if ok else "not ok") + (f": {reason}" if reason else "") + "\n")
                     self._send(200 if ok else 503, body.encode(), "text/plain; charset=utf-8")
                 else:

@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -27,15 +28,25 @@ import numpy as np
 from streamlstm.checkpoints.checkpointer import Checkpointer
 from streamlstm.core.pipeline import Pipeline
 from streamlstm.core.records import Rejected, Score, SourceRecord
+from streamlstm.core.scoring import Scorer
 from streamlstm.decoding import RateLimitedLog
+from streamlstm.drift import ErrorDrift
 from streamlstm.errors import ArtifactError, SinkError, SinkRejected, SourceError, StreamlstmError
-from streamlstm.metrics import Metrics
-from streamlstm.model.artifact import Artifact, load_artifact, resolve_model_dir
+from streamlstm.metrics import SERIES_LIMIT, Metrics
+from streamlstm.model.artifact import (
+    META_FILE,
+    WEIGHTS_FILE,
+    Artifact,
+    load_artifact,
+    resolve_model_dir,
+)
 
 log = logging.getLogger(__name__)
 
 # While a write is pending the loop polls (paused) at least this often between attempts.
 _OUTAGE_TURN_S = 1.0
+_SERIES_LIMIT_DETAIL = ("a new series while every slot is taken and this poll already "
+                        "admitted windows.max_new_series_per_poll new series")
 
 
 class Polled(Protocol):
@@ -104,10 +115,13 @@ class Service:
                  clock: Callable[[], float] = time.time,
                  checkpointer: Checkpointer | None = None,
                  monotonic: Callable[[], float] = time.monotonic,
-                 wait: Callable[[float], object] | None = None) -> None:
+                 wait: Callable[[float], object] | None = None,
+                 drift: ErrorDrift | None = None) -> None:
         """``clock`` is wall time (idle eviction); ``monotonic`` and ``wait`` (default: sleep
-        until stopped) pace write retries and tell a stalled loop, so tests can fake them."""
+        until stopped) pace write retries and tell a stalled loop, so tests can fake them.
+        ``drift`` watches the model's errors for a change (default: `ErrorDrift()`)."""
         self.source = source
+        self.drift = drift if drift is not None else ErrorDrift()
         self.sink = sink
         self.pipeline = pipeline
         self.metrics = metrics
@@ -122,7 +136,8 @@ class Service:
         self._pending: _Pending | None = None  # a batch whose write failed, being retried
         self._paused = False
         self._reject_log = RateLimitedLog(log, 60.0, monotonic)
-        self._model_dir = pipeline.artifact.path
+        path = pipeline.artifact.path
+        self._model_key = _model_key(path) if path is not None else None
         self._next_reload_check = 0.0
         self._next_lag_check = 0.0
         self._publish_model(pipeline.artifact)
@@ -195,6 +210,7 @@ class Service:
         )
         if self.checkpointer is not None:
             self.checkpointer.observe(polled.records)
+        self._watch_errors(result.scores)
         for position in result.late:
             record = records[position]
             if not record.warmup:
@@ -202,13 +218,14 @@ class Service:
                                          f"timestamp {record.point.timestamp} is not after the "
                                          f"series' latest", record.raw_key, record.raw_value,
                                          record.partition, record.offset))
-        for position, reason in result.refused:  # the core's guard; the decoder should see to it
+        for position, reason in result.refused:  # a flood's surplus, or the core's guard
             record = records[position]
             if not record.warmup:
-                rejected.append(Rejected(reason, "refused by the pipeline: a value not finite "
-                                         "or beyond float32, or a time outside 1970..2262",
-                                         record.raw_key, record.raw_value, record.partition,
-                                         record.offset))
+                detail = (_SERIES_LIMIT_DETAIL if reason == SERIES_LIMIT else
+                          "refused by the pipeline: a value not finite or beyond float32, or "
+                          "a time outside 1970..2262")
+                rejected.append(Rejected(reason, detail, record.raw_key, record.raw_value,
+                                         record.partition, record.offset))
         if result.windows:
             self.metrics.batch_scoring_seconds.observe(result.scoring_seconds)
             self.metrics.batch_windows.observe(result.windows)
@@ -285,6 +302,9 @@ class Service:
         if self.metrics.series_score is not None:
             for s in scores:
                 self.metrics.series_score.labels(series=s.series).set(s.score)
+        if self.metrics.series_anomalies is not None:
+            for s in scores:  # inc(0) creates a series' counter at 0 before its first alarm
+                self.metrics.series_anomalies.labels(series=s.series).inc(int(s.is_anomaly))
         self._update_gauges()
         return True
 
@@ -349,28 +369,34 @@ class Service:
         self._next_reload_check = now + self.settings.reload_interval_s
         try:
             target = resolve_model_dir(self.settings.model_path)
-        except ArtifactError as exc:
+        except (ArtifactError, OSError) as exc:
             log.warning("model pointer unreadable, keeping %s: %s",
                         self.pipeline.model_version, exc)
             return
-        if not forced and self._model_dir is not None and target == self._model_dir:
+        key = _model_key(target)
+        if not forced and key == self._model_key:
             return
+        # Everything the swap needs is built and checked first; only then is it applied, by
+        # assignments that cannot fail, so a refused model leaves the running one untouched.
         try:
             artifact = load_artifact(target)
-            self._check_candidate(artifact)
-            self.pipeline.swap_model(artifact, device=self.settings.device)
-        except (StreamlstmError, ValueError) as exc:
+            swap = self.pipeline.prepare_swap(artifact, device=self.settings.device)
+            self._check_candidate(artifact, swap.scorer)
+        except Exception as exc:  # a model's files can fail in any way; none may stop the loop
             self.metrics.model_reloads.labels(result="refused").inc()
-            log.error("refused model %s, keeping %s: %s", target.name,
-                      self.pipeline.model_version, exc)
-            self._model_dir = target  # do not retry the same bad model every few seconds
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            log.error("refused model %s, keeping %s: %s: %s", target.name,
+                      self.pipeline.model_version, type(exc).__name__, detail)
+            # Not retried every few seconds, but again once its files change (mtime, size).
+            self._model_key = key
             return
+        self.pipeline.apply_swap(swap)
         self.metrics.model_reloads.labels(result="loaded").inc()
-        self._model_dir = target
+        self._model_key = key
         self._publish_model(artifact)
         log.info("now scoring with model %s", artifact.version)
 
-    def _check_candidate(self, artifact: Artifact) -> None:
+    def _check_candidate(self, artifact: Artifact, scorer: Scorer) -> None:
         current = self.pipeline.artifact.architecture
         new = artifact.architecture
         if new.n_features != current.n_features or (
@@ -382,9 +408,7 @@ class Service:
                                 "restart the daemon to change the window length")
         probe = np.random.default_rng(0).standard_normal(
             (8, new.window, new.n_features)).astype(np.float32)
-        from streamlstm.core.scoring import Scorer
-
-        errors = Scorer(artifact, device=self.settings.device).errors(probe)
+        errors = scorer.errors(probe)
         if not np.isfinite(errors).all():
             raise ArtifactError("the model gives non-finite errors on a probe batch")
 
@@ -393,6 +417,26 @@ class Service:
         trained_ts = _parse_iso(trained_at)
         self.metrics.set_model(artifact.version, artifact.architecture.cell, trained_at,
                                trained_ts, time.time())
+        self.metrics.threshold.set(self.pipeline.threshold)
+        self.drift.reset()  # a new model, a new error stream
+        self.metrics.retrain_suggested.set(0)
+
+    def _watch_errors(self, scores: Sequence[Score]) -> None:
+        """Feed the poll's model errors to the drift detector; say when they changed."""
+        direction = self.drift.update([s.error for s in scores])
+        if direction is None:
+            return
+        self.metrics.error_drifts.labels(direction=direction).inc()
+        if direction == "up":
+            self.metrics.retrain_suggested.set(1)
+            log.warning("retrain suggested: the errors of model %s drifted upwards (ADWIN on "
+                        "the mean log error per poll, now %.3g, %d polls since it was loaded); "
+                        "the stream no longer looks like its training data",
+                        self.pipeline.model_version, math.exp(self.drift.detector.estimation),
+                        self.drift.polls)
+        else:
+            log.info("the errors of model %s drifted downwards (now %.3g)",
+                     self.pipeline.model_version, math.exp(self.drift.detector.estimation))
 
     # ---- bookkeeping ----
 
@@ -427,6 +471,23 @@ class Service:
                 closer()
             except StreamlstmError as exc:
                 log.warning("while closing: %s", exc)
+
+
+ModelKey = tuple[Path, tuple[tuple[str, int, int], ...]]
+
+
+def _model_key(directory: Path) -> ModelKey:
+    """A model version as the reload sees it: its directory and each file's mtime and size,
+    so a refused version is tried again once its files are replaced or fixed in place."""
+    files = []
+    for name in (META_FILE, WEIGHTS_FILE):
+        try:
+            stat = (directory / name).stat()
+        except OSError:
+            files.append((name, -1, -1))
+        else:
+            files.append((name, stat.st_mtime_ns, stat.st_size))
+    return directory, tuple(files)
 
 
 def _parse_iso(text: str) -> float:

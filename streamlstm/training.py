@@ -19,7 +19,6 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from streamlstm.core.calibration import CalibrationSettings
 from streamlstm.core.evidence import SCALE_FADING_FACTOR
@@ -104,7 +103,7 @@ def fit(history: Mapping[str, SeriesHistory], feature_names: list[str],
     epochs_run = 0
     stale = 0
     started = time.perf_counter()
-    bar = tqdm(total=settings.epochs, disable=not progress, unit="epoch", desc="training")
+    bar = _progress_bar(settings.epochs, progress)
     for epoch in range(settings.epochs):
         model.train()
         order = torch.randperm(len(train_t), generator=generator)
@@ -156,6 +155,31 @@ def fit(history: Mapping[str, SeriesHistory], feature_names: list[str],
             "seconds": round(time.perf_counter() - started, 3),
         },
     )
+
+
+class _NoBar:
+    """What training calls on a progress bar, doing nothing (no tqdm, or progress off)."""
+
+    def set_postfix(self, **_: Any) -> None:
+        pass
+
+    def update(self, _: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress_bar(epochs: int, progress: bool) -> Any:
+    """tqdm's bar when ``progress`` and tqdm (the ``[train]`` extra) is installed."""
+    if not progress:
+        return _NoBar()
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        log.info("no progress bar: tqdm is not installed (pip install 'streamlstm[train]')")
+        return _NoBar()
+    return tqdm(total=epochs, unit="epoch", desc="training")
 
 
 def _windows(history: Mapping[str, SeriesHistory], n_features: int, settings: TrainingSettings,

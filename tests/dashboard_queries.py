@@ -107,13 +107,10 @@ def template_queries(dashboard: Mapping[str, Any]) -> list[PanelQuery]:
         if var.get("type") != "query":
             continue
         name = f"variable {var.get('name')}"
-        resolved = _resolve_datasource(var.get("datasource"), variables, name)
-        if resolved is None:
+        found = _query_kind(var.get("datasource"), variables, name)
+        if found is None:
             continue
-        uid, plugin = resolved
-        kind = KINDS.get(plugin)
-        if kind is None:
-            raise DashboardQueryError(f"{name}: unsupported datasource type {plugin!r}")
+        uid, kind = found
         raw = var.get("query")
         if isinstance(raw, dict):
             raw = raw.get("query")
@@ -121,6 +118,42 @@ def template_queries(dashboard: Mapping[str, Any]) -> list[PanelQuery]:
             raise DashboardQueryError(f"{name}: no query")
         query = _label_values_to_promql(raw) if kind == "promql" else raw
         out.append(PanelQuery(name, uid, kind, query, "variable", None))
+    return out
+
+
+def _query_kind(datasource: Any, variables: Mapping[str, Any],
+                name: str) -> tuple[str, Kind] | None:
+    """(uid, query kind) of a variable's or annotation's datasource; None for one skipped."""
+    resolved = _resolve_datasource(datasource, variables, name)
+    if resolved is None:
+        return None
+    uid, plugin = resolved
+    kind = KINDS.get(plugin)
+    if kind is None:
+        raise DashboardQueryError(f"{name}: unsupported datasource type {plugin!r}")
+    return uid, kind
+
+
+def annotation_queries(dashboard: Mapping[str, Any]) -> list[PanelQuery]:
+    """The queries of the dashboard's annotations (Grafana's built-in one has none).
+
+    An InfluxDB annotation's InfluxQL is its ``query``, a Prometheus one's PromQL its ``expr``;
+    ``panel_title`` is ``"annotation NAME"``. Disabled annotations are skipped.
+    """
+    variables = _datasource_variables(dashboard)
+    out: list[PanelQuery] = []
+    for note in (dashboard.get("annotations") or {}).get("list") or []:
+        if note.get("builtIn") or not note.get("enable", True):
+            continue
+        name = f"annotation {note.get('name')}"
+        found = _query_kind(note.get("datasource"), variables, name)
+        if found is None:
+            continue
+        uid, kind = found
+        query = note.get("expr") if kind == "promql" else note.get("query")
+        if not isinstance(query, str) or not query.strip():
+            raise DashboardQueryError(f"{name}: no query")
+        out.append(PanelQuery(name, uid, kind, query, "annotation", None))
     return out
 
 

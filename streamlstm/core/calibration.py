@@ -31,8 +31,11 @@ separate wrapper (`AlarmState`, `alarm_rows`).
 
 from __future__ import annotations
 
+import fnmatch
 import math
-from dataclasses import asdict, dataclass
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -122,8 +125,9 @@ class CalibratorBank:
     """Per slot and kind, the two-horizon histogram calibrators (see the module docstring)."""
 
     def __init__(self, registry: SeriesRegistry, kinds: list[KindCalibration],
-                 settings: CalibrationSettings) -> None:
+                 settings: CalibrationSettings, rules: SeriesRules | None = None) -> None:
         self.kinds = kinds
+        self.rules = rules
         k = len(kinds)
         horizons = 2 if settings.longterm else 1
         self.horizons = horizons
@@ -140,7 +144,8 @@ class CalibratorBank:
                 sizes[i, 1] = settings.longterm
         self._rates, self._sizes = rates, sizes
         self._tail = np.array([kind.tail_fraction for kind in kinds])
-        self._warmup = np.array([kind.warmup for kind in kinds])
+        # [rules, K]: each kind's warm-up under each rule of `rules` (one row without).
+        self._warmup = np.array([[kind.warmup for kind in kinds]])
         self._log = np.array([kind.log_domain for kind in kinds])
         # hist[..., 0] below Z_LOW, [1 : BINS + 1] the bins, [BINS + 1] at or above Z_HIGH.
         self.hist = registry.add("calibration.hist", (k, horizons, BINS + 2), np.float32)
@@ -156,13 +161,25 @@ class CalibratorBank:
 
     def warm(self, slots: np.ndarray) -> np.ndarray:
         """``[n, K]``: whether each kind of each series has learnt its warm-up."""
-        return self.n[slots] >= self._warmup
+        return self.n[slots] >= self._warmup_of(slots)
+
+    def set_warmups(self, table: npt.ArrayLike) -> None:
+        """``[rules, K]``: each kind's warm-up under each rule (row 0: the global one)."""
+        table = np.array(table, np.int64, ndmin=2)
+        if table.shape[1] != len(self.kinds):
+            raise ValueError(f"warm-ups for {table.shape[1]} kinds, the bank has {len(self.kinds)}")
+        self._warmup = table
+
+    def _warmup_of(self, slots: np.ndarray) -> np.ndarray:
+        if self.rules is None or len(self._warmup) == 1:
+            return self._warmup[0]
+        return self._warmup[self.rules.of[slots]]
 
     def reset_kind(self, name: str, warmup: int | None = None) -> None:
         """Forget one kind everywhere (a swapped model's errors live on another scale)."""
         self.reset_kind_of(slice(None), name)
         if warmup is not None:
-            self._warmup[self.index(name)] = warmup
+            self._warmup[:, self.index(name)] = warmup
 
     def reset_kind_of(self, slots: np.ndarray | slice, name: str) -> None:
         """Forget one kind for ``slots``."""
@@ -183,7 +200,7 @@ class CalibratorBank:
         n = self.n[slots]
         surprise = self._surprise(hist.astype(np.float64), over, _standardise(g[..., None], grid),
                                   n)
-        surprise = np.where(present & (n >= self._warmup), surprise, np.nan)
+        surprise = np.where(present & (n >= self._warmup_of(slots)), surprise, np.nan)
         self._learn(slots, present, g, hist, over, grid, n)
         return surprise
 
@@ -364,21 +381,121 @@ def combined_surprise(surprises: npt.ArrayLike) -> np.ndarray:
     return np.maximum(total - np.log10(tail), 0.0)
 
 
-class AlarmState:
-    """Per slot: windows since the last alarm; the rule of `alarm_rows`, vectorised."""
+#: The post-processing settings a config may override, without retraining.
+ALARM_KEYS = ("threshold", "alarm_hold", "warmup")
 
-    def __init__(self, registry: SeriesRegistry, threshold: float, hold: int) -> None:
-        self.threshold = threshold
-        self.hold = hold
+
+@dataclass(frozen=True)
+class AlarmOverride:
+    """Post-processing for the series whose name matches the glob ``series`` (`fnmatch`
+    rules, case-sensitive: ``db.*``, ``host[12].cpu``); None keeps the global value."""
+
+    series: str
+    threshold: float | None = None
+    alarm_hold: int | None = None
+    warmup: int | None = None
+
+
+@dataclass(frozen=True)
+class AlarmPolicy:
+    """Threshold, alarm hold and warm-up over a model's own calibration: the global values,
+    then per-series overrides, the first whose pattern matches a series winning. None keeps
+    the value from the level below (override -> global -> the model's calibration)."""
+
+    threshold: float | None = None
+    alarm_hold: int | None = None
+    warmup: int | None = None
+    overrides: tuple[AlarmOverride, ...] = ()
+
+    def resolve(self, calibration: CalibrationSettings) -> list[CalibrationSettings]:
+        """The settings in force: ``[global, override 0, override 1, ...]`` (rule numbers of
+        `SeriesRules`). ValueError (naming the rule) if one does not fit the calibration,
+        e.g. a warm-up longer than its history."""
+        rules: list[CalibrationSettings] = []
+        for number, level in enumerate((self, *self.overrides)):
+            given = {k: getattr(level, k) for k in ALARM_KEYS if getattr(level, k) is not None}
+            try:
+                rules.append(replace(calibration if number == 0 else rules[0], **given))
+            except ValueError as exc:
+                where = "alarms" if number == 0 else f"alarms.overrides[{number - 1}]"
+                raise ValueError(f"{where}: {exc} (the model's calibration: history "
+                                 f"{calibration.history}, longterm {calibration.longterm})"
+                                 ) from exc
+        return rules
+
+
+class SeriesRules:
+    """Which rule of an `AlarmPolicy` each slot follows: 1 + the index of the first override
+    whose pattern matches the series' name, else 0 (the global settings).
+
+    The patterns are compiled once and a series is matched once, when its slot is allocated
+    (and again when it is restored: see `Pipeline.restore`), never per event. The rule is not
+    a registry array: it is derived from the name and the settings in force, so a snapshot
+    neither carries it nor changes layout with it.
+    """
+
+    def __init__(self, registry: SeriesRegistry, patterns: Sequence[str] = ()) -> None:
+        self.of = np.zeros(registry.max_series, np.int32)
+        self.compile(patterns)
+        registry.on_allocate(self.assign)
+
+    def compile(self, patterns: Sequence[str]) -> None:
+        self._patterns = [re.compile(fnmatch.translate(p)) for p in patterns]
+
+    def match(self, series: str) -> int:
+        for number, pattern in enumerate(self._patterns, start=1):
+            if pattern.match(series):
+                return number
+        return 0
+
+    def assign(self, slots: np.ndarray, names: Sequence[str]) -> None:
+        """Match ``names`` (the series of ``slots``) against the patterns."""
+        if self._patterns:
+            self.of[slots] = [self.match(name) for name in names]
+        else:
+            self.of[slots] = 0
+
+
+class AlarmState:
+    """Per slot: windows since the last alarm; the rule of `alarm_rows`, vectorised, with
+    each series' threshold and hold taken from its rule (`SeriesRules`; one rule without)."""
+
+    def __init__(self, registry: SeriesRegistry, threshold: float, hold: int,
+                 rules: SeriesRules | None = None) -> None:
+        self.rules = rules
+        self.set_rules([threshold], [hold])
         self.since = registry.add("alarm.since", (), np.int64, fill=-1)
+
+    def set_rules(self, thresholds: Sequence[float], holds: Sequence[int]) -> None:
+        """The threshold and hold of each rule (rule 0: the global one)."""
+        self.thresholds = np.asarray(thresholds, np.float64)
+        self.holds = np.asarray(holds, np.int64)
+
+    @property
+    def threshold(self) -> float:
+        """The global threshold (rule 0)."""
+        return float(self.thresholds[0])
+
+    @property
+    def hold(self) -> int:
+        """The global alarm hold (rule 0)."""
+        return int(self.holds[0])
+
+    def rule_of(self, slots: np.ndarray) -> np.ndarray:
+        return self.rules.of[slots] if self.rules is not None else np.zeros(len(slots), np.int32)
+
+    def threshold_of(self, slots: np.ndarray) -> np.ndarray:
+        """The threshold in force for each slot."""
+        return self.thresholds[self.rule_of(slots)]
 
     def check(self, slots: np.ndarray, scores: np.ndarray) -> np.ndarray:
         """Whether each window alarms; one call per window of a series, in order."""
+        rule = self.rule_of(slots)
         since = self.since[slots]
         counting = since >= 0
         since = np.where(counting, since + 1, since)
-        held = counting & (since <= self.hold)
-        alarm = (scores >= self.threshold) & ~held
+        held = counting & (since <= self.holds[rule])
+        alarm = (scores >= self.thresholds[rule]) & ~held
         self.since[slots] = np.where(alarm, 0, since)
         return alarm
 

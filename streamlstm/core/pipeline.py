@@ -26,9 +26,11 @@ import numpy as np
 
 from streamlstm.core.calibration import (
     SURPRISE_SCALE,
+    AlarmPolicy,
     AlarmState,
     CalibrationSettings,
     CalibratorBank,
+    SeriesRules,
     combined_surprise,
 )
 from streamlstm.core.evidence import (
@@ -67,7 +69,8 @@ MIN_SEASON_WINDOWS = 4
 
 
 # Settings that bound or age the state but do not shape it: a snapshot restores across them.
-_NOT_STATE = frozenset({"max_series", "idle_evict_s", "max_gap_intervals"})
+_NOT_STATE = frozenset({"max_series", "idle_evict_s", "max_gap_intervals",
+                        "max_new_series_per_poll"})
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,9 @@ class PipelineSettings:
     season_periods: int = 7  # how many earlier periods it compares with
     # Which evidence scores, "+"-joined kinds from KINDS (fewer only for ablation).
     evidence: str = "model+memory+seasonal+coarse"
+    # Once every slot is taken, at most this many new series per `process` call may evict
+    # series held; the points of further new series are refused ("series_limit"). 0: no cap.
+    max_new_series_per_poll: int = 0
 
     def __post_init__(self) -> None:
         kinds = self.evidence.split("+")
@@ -117,8 +123,9 @@ class StepResult:
     scores: list[Score] = field(default_factory=list)
     positions: list[int] = field(default_factory=list)  # input position of each score
     late: list[int] = field(default_factory=list)  # input positions of out-of-order points
-    # (input position, reason) of points refused before they touched any state: "bad_value"
-    # (not finite, beyond float32 or the wrong number of features) or "bad_timestamp".
+    # (input position, reason) of points refused before they touched any state, in input
+    # order: "bad_value" (not finite, beyond float32 or the wrong number of features),
+    # "bad_timestamp", or "series_limit" (a new series past max_new_series_per_poll).
     refused: list[tuple[int, str]] = field(default_factory=list)
     windows: int = 0  # windows scored, warm-up ones included
     scoring_seconds: float = 0.0  # the model's share
@@ -127,12 +134,59 @@ class StepResult:
     evicted_capacity: int = 0
 
 
+@dataclass(frozen=True)
+class ModelSwap:
+    """A model ready to serve: built and checked by `Pipeline.prepare_swap`."""
+
+    scorer: Scorer
+    calibration: CalibrationSettings
+    # The settings of each alarm rule under the new model (`AlarmPolicy.resolve`).
+    alarm_rules: tuple[CalibrationSettings, ...] = ()
+
+
+def calibration_settings(data: object) -> CalibrationSettings:
+    """An artifact's ``calibration`` as settings, checked field by field.
+
+    ValueError naming the field for anything but a JSON object of finite numbers (integers
+    where the default is one) and values that `CalibrationSettings` accepts: a malformed
+    ``meta.json`` is refused here, not by a TypeError deep inside a later poll.
+    """
+    if not isinstance(data, dict):
+        raise ValueError(f"calibration must be an object, not {type(data).__name__}")
+    defaults = CalibrationSettings()
+    for name, value in data.items():
+        if name not in CalibrationSettings.__dataclass_fields__:
+            continue
+        default = getattr(defaults, name)
+        if isinstance(default, bool) or not isinstance(default, (int, float)):
+            if type(value) is not type(default):
+                raise ValueError(f"calibration.{name}: expected {type(default).__name__}, "
+                                 f"got {value!r:.40}")
+            continue
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not number or not math.isfinite(value) or (
+                isinstance(default, int) and not isinstance(value, int)):
+            kind = "an integer" if isinstance(default, int) else "a finite number"
+            raise ValueError(f"calibration.{name}: expected {kind}, got {value!r:.40}")
+    try:
+        settings = CalibrationSettings.from_dict(data)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"calibration: {exc}") from exc
+    if not 0.0 <= settings.threshold <= 1.0 or settings.alarm_hold < 0:
+        raise ValueError("calibration: need 0 <= threshold <= 1 and alarm_hold >= 0")
+    return settings
+
+
 class Pipeline:
     """Scores a stream of points with one model artifact, keeping per-series state."""
 
     def __init__(self, artifact: Artifact, settings: PipelineSettings | None = None,
-                 device: str = "cpu", clock: Callable[[], float] = time.perf_counter) -> None:
+                 device: str = "cpu", clock: Callable[[], float] = time.perf_counter,
+                 alarms: AlarmPolicy | None = None) -> None:
+        """``alarms`` overrides the artifact's threshold, alarm hold and warm-up, globally
+        and per series (ValueError if a value does not fit the model's calibration)."""
         self.settings = settings or PipelineSettings()
+        self.alarm_policy = alarms or AlarmPolicy()
         self._clock = clock
         self.scorer = Scorer(artifact, device=device)
         self.reset_state()
@@ -154,8 +208,10 @@ class Pipeline:
         settings = self.settings
         arch = self.artifact.architecture
         w, f = arch.window, arch.n_features
-        self.calibration = CalibrationSettings.from_dict(self.artifact.calibration)
+        self.calibration = calibration_settings(self.artifact.calibration)
+        rules = self.alarm_policy.resolve(self.calibration)
         self.registry = SeriesRegistry(settings.max_series, settings.idle_evict_s)
+        self.rules = SeriesRules(self.registry, [o.series for o in self.alarm_policy.overrides])
         self.router = Router(self.registry, w, f, settings.stride, settings.max_gap_intervals)
         self.tails = WindowTails(self.registry, w, f)
         known = self.artifact.normalisation.get("series_scale", {})
@@ -172,10 +228,11 @@ class Pipeline:
         }
         self.evidence = [builders[k]() for k in kinds]
         self.bank = CalibratorBank(self.registry,
-                                   [e.calibration(self.calibration) for e in self.evidence],
-                                   self.calibration)
-        self.alarms = AlarmState(self.registry, self.calibration.threshold,
-                                 self.calibration.alarm_hold)
+                                   [e.calibration(rules[0]) for e in self.evidence],
+                                   rules[0], self.rules)
+        self.alarms = AlarmState(self.registry, rules[0].threshold, rules[0].alarm_hold,
+                                 self.rules)
+        self._apply_rules(rules)
         self._novelty = kinds.index("memory") if "memory" in kinds else None
 
     def process(self, points: Sequence[Point], now: float,
@@ -185,11 +242,22 @@ class Pipeline:
         ``now`` is the clock used for idle eviction. Points flagged in ``warmup`` update the
         state (windows, spread, memory, calibration) but produce no Score: they were scored
         before. A point that could poison its series' state (a value not finite or beyond
-        float32, a time outside 1970..2262) is refused untouched and listed in ``refused``.
+        float32, a time outside 1970..2262) is refused untouched and listed in ``refused``,
+        and so is every point of a new series that would evict a series held beyond
+        ``max_new_series_per_poll`` or one that is in this poll (`SeriesRegistry.admit`: a
+        flood of names must not wipe the warm series).
         """
         started = self._clock()
         result = StepResult(evicted_idle=self.registry.evict_idle(now))
         result.refused = self._unfit(points)
+        cap = self.settings.max_new_series_per_poll
+        if cap > 0:
+            unfit = {i for i, _ in result.refused}
+            fit = [i for i in range(len(points)) if i not in unfit]
+            over = self.registry.admit([points[i].series for i in fit], cap)
+            if over:
+                result.refused = sorted(result.refused
+                                        + [(fit[j], "series_limit") for j in over])
         kept: np.ndarray | None = None
         if result.refused:
             refused = {i for i, _ in result.refused}
@@ -303,7 +371,7 @@ class Pipeline:
         """One Score per ready window, in input order (``order``), but for warm-up points."""
         positions = pushes.point[ready]
         version = self.model_version
-        threshold = self.alarms.threshold
+        thresholds = self.alarms.threshold_of(pushes.slots[ready]).tolist()
         for j in order.tolist():
             i = int(positions[j])
             if warmup is not None and warmup[offset + i]:
@@ -318,37 +386,75 @@ class Pipeline:
                 error=float(errors[j]),
                 novelty=nov if math.isfinite(nov) else None,
                 score=float(scores[j]),
-                threshold=threshold,
+                threshold=thresholds[j],
                 is_anomaly=bool(alarms[j]),
                 model_version=version,
             ))
 
     # ---- model swaps and snapshots ----
 
-    def swap_model(self, artifact: Artifact, device: str = "cpu") -> None:
-        """Serve ``artifact`` from the next `process` call on.
+    def prepare_swap(self, artifact: Artifact, device: str = "cpu") -> ModelSwap:
+        """Build and check everything serving ``artifact`` needs, changing nothing here.
 
-        Windows, spread, the memories and their calibrations belong to the input and
-        survive; each series' error calibration restarts, because a new model's errors live on
-        a different scale (until it has warmed up, the other kinds of evidence score alone).
+        Raises ValueError (or whatever building the model raises) for an artifact that does
+        not fit; `apply_swap` of what it returns cannot fail, so a refused model never leaves
+        the pipeline half-swapped.
         """
+        calibration = calibration_settings(artifact.calibration)
         new_scorer = Scorer(artifact, device=device)
         same_shape = (new_scorer.window == self.scorer.window
                       and new_scorer.n_features == self.scorer.n_features)
         if not same_shape:
             raise ValueError("swap_model needs the same window and features; "
                              "restart the pipeline for a different shape")
-        self.scorer = new_scorer
-        self.calibration = CalibrationSettings.from_dict(artifact.calibration)
+        # The new model's calibration is the default; the alarm policy overrides it.
+        rules = tuple(self.alarm_policy.resolve(calibration))
+        return ModelSwap(new_scorer, calibration, rules)
+
+    def swap_model(self, artifact: Artifact, device: str = "cpu") -> None:
+        """Serve ``artifact`` from the next `process` call on (`prepare_swap`, `apply_swap`)."""
+        self.apply_swap(self.prepare_swap(artifact, device))
+
+    def apply_swap(self, swap: ModelSwap) -> None:
+        """Serve the prepared model from the next `process` call on; only assignments.
+
+        Windows, spread, the memories and their calibrations belong to the input and
+        survive; each series' error calibration restarts, because a new model's errors live on
+        a different scale (until it has warmed up, the other kinds of evidence score alone).
+        """
+        self.scorer = swap.scorer
+        self.calibration = swap.calibration
         if "model" in self.settings.evidence_kinds:
-            self.bank.reset_kind("model", warmup=self.calibration.warmup)
-        self.alarms.threshold = self.calibration.threshold
-        self.alarms.hold = self.calibration.alarm_hold
+            self.bank.reset_kind("model")
+        self._apply_rules(list(swap.alarm_rules)
+                          or self.alarm_policy.resolve(self.calibration))
+
+    @property
+    def threshold(self) -> float:
+        """The global threshold in force (the series that match no override)."""
+        return self.alarms.threshold
+
+    def set_alarms(self, policy: AlarmPolicy) -> None:
+        """Apply another alarm policy from the next `process` call on; every series held is
+        matched again. ValueError, changing nothing, if it does not fit the calibration."""
+        rules = policy.resolve(self.calibration)
+        self.alarm_policy = policy
+        self.rules.compile([o.series for o in policy.overrides])
+        self.rules.assign(self.registry.slots(), self.registry.series())
+        self._apply_rules(rules)
+
+    def _apply_rules(self, rules: Sequence[CalibrationSettings]) -> None:
+        """Each rule's threshold, hold and (per kind of evidence) warm-up."""
+        self.alarms.set_rules([r.threshold for r in rules], [r.alarm_hold for r in rules])
+        self.bank.set_warmups([[e.calibration(r).warmup for e in self.evidence]
+                               for r in rules])
 
     def warming(self) -> int:
-        """How many series held have a calibrator still in its warm-up."""
+        """How many series held cannot alarm yet: no kind of evidence has finished its
+        calibration warm-up (after a restart without a checkpoint, every series). The slower
+        kinds (coarse, seasonal) join later, each when its own warm-up is done."""
         slots = self.registry.slots()
-        return int((~self.bank.warm(slots).all(axis=1)).sum()) if len(slots) else 0
+        return int((~self.bank.warm(slots).any(axis=1)).sum()) if len(slots) else 0
 
     def _layout(self) -> dict[str, Any]:
         arch = self.artifact.architecture
@@ -383,6 +489,7 @@ class Pipeline:
             if got != wanted:
                 raise ValueError(f"snapshot {key} is {got!r}, this pipeline needs {wanted!r}")
         slots = self.registry.restore(snapshot.series, snapshot.arrays)
+        self.rules.assign(slots, snapshot.series)  # matched under the alarm settings in force
         if (snapshot.meta.get("model_version") != self.model_version
                 and "model" in self.settings.evidence_kinds):
             self.bank.reset_kind_of(slots, "model")

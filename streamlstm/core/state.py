@@ -93,6 +93,34 @@ class SeriesRegistry:
     def __len__(self) -> int:
         return len(self._slots)
 
+    def admit(self, names: Sequence[str], evictions: int) -> list[int]:
+        """Bound what a run of names may evict; positions of the points to refuse.
+
+        New series fill free slots freely. Past them, at most ``evictions`` of the first new
+        names (in order) may each evict a series held that is *not* among ``names``; every
+        point of the other new names is listed. The series held that are among ``names`` are
+        marked as just seen, so the evictions of the `lookup` that follows take series absent
+        from this run: a flood of new names can neither wipe the warm series nor evict one
+        whose points are still to come in the same poll. ``evictions`` 0: no bound, no marks.
+        """
+        if evictions <= 0:
+            return []
+        index = self._slots
+        present = dict.fromkeys(name for name in names if name in index)  # ordered
+        for name in present:
+            index.move_to_end(name)
+        allowed = len(self._free) + min(evictions, len(index) - len(present))
+        admitted: set[str] = set()
+        refused: list[int] = []
+        for i, name in enumerate(names):
+            if name in present or name in admitted:
+                continue
+            if len(admitted) < allowed:
+                admitted.add(name)
+            else:
+                refused.append(i)
+        return refused
+
     def __contains__(self, series: str) -> bool:
         return series in self._slots
 

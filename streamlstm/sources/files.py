@@ -138,7 +138,10 @@ def _read_columns(path: Path) -> dict[str, list[object]]:
     if path.suffix.lower() in (".parquet", ".pq"):
         try:
             import pyarrow.parquet as pq
-
+        except ImportError as exc:
+            raise InputFileError(f"{path}: reading Parquet needs pyarrow: pip install "
+                                 "'streamlstm[train]' (or convert the file to CSV)") from exc
+        try:
             table = pq.read_table(path)
         except Exception as exc:  # pyarrow's errors have no common base worth naming
             raise InputFileError(f"{path}: cannot read Parquet: {exc}") from exc

@@ -42,9 +42,11 @@ from kafka.errors import (
     IllegalGenerationError,
     KafkaError,
     KafkaTimeoutError,
+    MessageSizeTooLargeError,
     RebalanceInProgressError,
     UnknownMemberIdError,
 )
+from kafka.record.default_records import DefaultRecordBatchBuilder
 
 from streamlstm.checkpoints.checkpointer import PartitionState
 from streamlstm.config import KafkaSettings
@@ -61,7 +63,67 @@ HEADER_TOPIC = "streamlstm-source-topic"
 HEADER_PARTITION = "streamlstm-source-partition"
 HEADER_OFFSET = "streamlstm-source-offset"
 
+#: On a dead letter cut to fit: the size in bytes of the value (or key) before the cut.
+HEADER_TRUNCATED = "streamlstm-truncated"
+HEADER_KEY_TRUNCATED = "streamlstm-key-truncated"
+
 _DEAD_LETTER_TIMEOUT_S = 30.0
+_DETAIL_MAX_BYTES = 1024  # a reason's detail header is cut to this
+_KEY_MAX_SHARE = 4  # a key too large keeps a quarter of the limit
+_SIZE_SLACK = 16  # record varints may grow by a few bytes when a length crosses 2^7k
+
+Headers = list[tuple[str, bytes]]
+
+
+def _record_size(key: bytes | None, value: bytes | None, headers: Headers) -> int:
+    """What kafka-python's producer compares with ``max_request_size`` for one record."""
+    return int(DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers))
+
+
+def _headers(r: Rejected, source_topic: str) -> Headers:
+    return [
+        (HEADER_REASON, r.reason.encode()),
+        (HEADER_DETAIL, r.detail.encode("utf-8", "replace")[:_DETAIL_MAX_BYTES]),
+        (HEADER_TOPIC, source_topic.encode()),
+        (HEADER_PARTITION, str(r.partition).encode()),
+        (HEADER_OFFSET, str(r.offset).encode()),
+    ]
+
+
+def fit_dead_letter(r: Rejected, source_topic: str, limit: int,
+                    ) -> tuple[bytes | None, bytes | None, Headers]:
+    """Key, value and headers of ``r``'s dead letter, no larger than ``limit`` bytes.
+
+    The message as it came when it fits; else the value is cut (bytes, so a UTF-8 character
+    may be split) and ``streamlstm-truncated`` says its original size, and a key too large to
+    leave room is cut the same way (``streamlstm-key-truncated``).
+    """
+    key, value, headers = r.raw_key, r.raw_value, _headers(r, source_topic)
+    if _record_size(key, value, headers) <= limit:
+        return key, value, headers
+    if value is not None:
+        headers.append((HEADER_TRUNCATED, str(len(value)).encode()))
+    room = limit - _record_size(key, b"", headers) - _SIZE_SLACK
+    if key is not None and room < 0:
+        headers.append((HEADER_KEY_TRUNCATED, str(len(key)).encode()))
+        key = key[: max(0, limit // _KEY_MAX_SHARE)]
+        room = limit - _record_size(key, b"", headers) - _SIZE_SLACK
+    if value is not None:
+        value = value[: max(0, room)]
+    return key, value, headers
+
+
+def _without_value(r: Rejected, source_topic: str,
+                   ) -> tuple[bytes | None, bytes | None, Headers]:
+    """``r``'s dead letter with an empty value and a short key, for a broker that refused it."""
+    headers = _headers(r, source_topic)
+    headers[1] = (HEADER_DETAIL, headers[1][1][:256])
+    headers.append((HEADER_TRUNCATED, str(len(r.raw_value or b"")).encode()))
+    key = r.raw_key
+    if key is not None and len(key) > 256:
+        headers.append((HEADER_KEY_TRUNCATED, str(len(key)).encode()))
+        key = key[:256]
+    return key, b"", headers
 _LOOKUP_TIMEOUT_MS = 30_000
 # A commit can fail this way when the group rebalanced since the poll; the new owner of the
 # partition replays from the last commit, and writes are idempotent, so nothing is lost.
@@ -360,32 +422,44 @@ class KafkaSource:
         return polled
 
     def dead_letter(self, rejected: list[Rejected]) -> None:
-        """Send rejects to the dead-letter topic and wait until the broker has them all."""
+        """Send rejects to the dead-letter topic and wait until the broker has them all.
+
+        A reject that would not fit in ``kafka.dead_letter_max_bytes`` with its headers (the
+        producer's ``max_request_size``) goes with its value cut to fit and a
+        ``streamlstm-truncated: <original size>`` header (`fit_dead_letter`); one the broker
+        still refuses as too large is sent again with an empty value, so an oversize message
+        never stops the loop.
+        """
         topic = self.settings.dead_letter_topic
         if not topic or not rejected:
             return
+        limit = self.settings.dead_letter_max_bytes
         try:
             producer = self._dead_letter_producer()
-            futures = [
-                producer.send(topic, key=r.raw_key, value=r.raw_value, headers=[
-                    (HEADER_REASON, r.reason.encode()),
-                    (HEADER_DETAIL, r.detail.encode("utf-8", "replace")),
-                    (HEADER_TOPIC, self.settings.topic.encode()),
-                    (HEADER_PARTITION, str(r.partition).encode()),
-                    (HEADER_OFFSET, str(r.offset).encode()),
-                ])
-                for r in rejected
-            ]
+            letters = [fit_dead_letter(r, self.settings.topic, limit) for r in rejected]
+            futures = [producer.send(topic, key=k, value=v, headers=h) for k, v, h in letters]
             producer.flush(timeout=_DEAD_LETTER_TIMEOUT_S)
-            for future in futures:
-                future.get(timeout=_DEAD_LETTER_TIMEOUT_S)
+            again = []
+            for future, r in zip(futures, rejected, strict=True):
+                try:
+                    future.get(timeout=_DEAD_LETTER_TIMEOUT_S)
+                except MessageSizeTooLargeError:  # the broker's limit is below ours
+                    again.append(producer.send(topic, *_without_value(r, self.settings.topic)))
+            if again:
+                log.warning("the broker refused %d dead letters as too large (is "
+                            "kafka.dead_letter_max_bytes above its message.max.bytes?); sent "
+                            "them with empty values", len(again))
+                producer.flush(timeout=_DEAD_LETTER_TIMEOUT_S)
+                for future in again:
+                    future.get(timeout=_DEAD_LETTER_TIMEOUT_S)
         except KafkaError as exc:
             raise _source_error(f"dead-lettering to {topic!r}", self.settings, exc) from exc
 
     def _dead_letter_producer(self) -> KafkaProducer:
         if self._producer is None:
             self._producer = KafkaProducer(**client_config(self.settings), acks="all",
-                                           linger_ms=5)
+                                           linger_ms=5,
+                                           max_request_size=self.settings.dead_letter_max_bytes)
         return self._producer
 
     def commit(self, offsets: dict[int, int]) -> None:

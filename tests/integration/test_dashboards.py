@@ -9,7 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.dashboard_queries import panel_queries, substitute, template_queries
+from tests.dashboard_queries import (
+    annotation_queries,
+    panel_queries,
+    substitute,
+    template_queries,
+)
 from tests.integration.daemon import (
     STEP,
     T0,
@@ -81,7 +86,8 @@ def test_every_dashboard_query_returns_data(kafka, influx, prometheus_factory, u
         assert tag_keys == {"series"}
         for path in DASHBOARDS:
             dashboard = json.loads(path.read_text())
-            for q in [*panel_queries(dashboard), *template_queries(dashboard)]:
+            for q in [*panel_queries(dashboard), *template_queries(dashboard),
+                      *annotation_queries(dashboard)]:
                 if q.kind == "influxql":
                     text = substitute(q.query, t0_ns, t1_ns, "1m", variables, kind="influxql")
                     grouped = re.search(r"\bGROUP BY (.*?)(?:\bfill\(|\bORDER\b|$)", text)

@@ -261,3 +261,43 @@ def test_packed_rows_round_trip_and_a_state_record_names_its_layout(
     # Limits that bound the state but do not shape it do not change the layout.
     assert Pipeline(tiny_artifact, PipelineSettings(max_series=77)).state_layout().digest == (
         layout.digest)
+
+
+def test_a_series_is_warming_until_a_kind_of_evidence_is_calibrated(
+        tiny_artifact: Artifact) -> None:
+    pipeline = Pipeline(tiny_artifact)
+    warmup = pipeline.calibration.warmup
+    records = [r for r in stream(warmup + 80) if r.point.series == "a"]
+    process(pipeline, records[:warmup])
+    assert pipeline.warming() == 1  # fewer windows than the warm-up: it cannot alarm yet
+    process(pipeline, records[warmup:])
+    assert pipeline.warming() == 0
+    pipeline.process([Point("new", T0, (1.0,))], now=0.0)
+    assert pipeline.warming() == 1
+
+
+def test_a_kafka_store_refuses_a_state_larger_than_a_record_may_be(
+        tiny_artifact: Artifact) -> None:
+    from streamlstm.checkpoints.kafka_topic import KafkaTopicStore, record_bytes
+    from streamlstm.config import KafkaSettings
+
+    layout = Pipeline(tiny_artifact).state_layout()
+    needed = record_bytes(layout)
+    with pytest.raises(CheckpointError, match=f"needs {needed} bytes.*max_record_bytes"):
+        KafkaTopicStore(KafkaSettings(), "state", "input", layout, max_record_bytes=needed - 1)
+    KafkaTopicStore(KafkaSettings(), "state", "input", layout, max_record_bytes=needed).close()
+
+
+def test_checkpoints_go_next_to_the_models_but_never_into_the_package(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from streamlstm import config
+    from streamlstm.cli import BUNDLED_MODEL, _checkpoint_root
+
+    def root(**environ: str) -> Path:
+        return _checkpoint_root(config.load(None, environ))
+
+    assert root(STREAMLSTM_MODEL_PATH=str(tmp_path / "models")) == tmp_path / "checkpoints"
+    assert root(STREAMLSTM_CHECKPOINT_DIRECTORY=str(tmp_path / "x")) == tmp_path / "x"
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    assert root(STREAMLSTM_MODEL_PATH=str(BUNDLED_MODEL)) == (
+        tmp_path / "state" / "streamlstm" / "checkpoints")

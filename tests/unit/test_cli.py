@@ -8,6 +8,7 @@ interpreter's exit, an unreachable broker) runs ``python -m streamlstm`` as a su
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import logging
 import os
@@ -326,3 +327,26 @@ def test_configure_replaces_its_own_handler_and_quiets_kafka_python() -> None:
     assert logs.json_enabled()
     assert logging.getLogger("kafka.net").isEnabledFor(logging.DEBUG)
     logs.configure("INFO")
+
+
+def test_replay_honours_a_configs_alarm_settings(tmp_path: Path) -> None:
+    config = tmp_path / "streamlstm.yaml"
+    config.write_text("alarms:\n  threshold: 0.3\n  overrides:\n"
+                      "    - {series: art_daily_jumpsup, threshold: 0.45}\n")
+    output = tmp_path / "scores.csv"
+    assert cli.main(["replay", str(SERIES), "--output", str(output), "--config",
+                     str(config)]) == 0
+    with output.open() as handle:
+        thresholds = {row["threshold"] for row in csv.DictReader(handle) if row["threshold"]}
+    assert thresholds == {"0.45"}
+
+
+def test_alarm_settings_that_do_not_fit_the_model_are_a_config_error(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    config = tmp_path / "streamlstm.yaml"
+    config.write_text("alarms:\n  overrides:\n    - {series: a, threshold: 0.4}\n"
+                      "    - {series: b, warmup: 5000}\n")
+    code, line = main_fails(capsys, "replay", str(SERIES), "--config", str(config))
+    assert code == 2
+    assert line.startswith("streamlstm: config error: alarms.overrides[1].warmup: expected "
+                           "a value that fits the model"), line

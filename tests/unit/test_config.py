@@ -280,3 +280,48 @@ def test_a_bad_value_from_the_environment_names_the_variable(tmp_path: Path) -> 
     # The same bad value written in the file names no variable.
     error = config_error(write(tmp_path, "metrics:\n  port: abc\n"))
     assert error.variable is None and "from" not in str(error)
+
+
+# ---------------------------------------------------------------- alarms
+
+
+def test_alarms_are_read_globally_and_per_series(tmp_path: Path) -> None:
+    settings = load(write(tmp_path, """
+alarms:
+  threshold: 0.3
+  alarm_hold: 20
+  overrides:
+    - series: "db.*"
+      threshold: 0.4
+    - {series: "web.?", warmup: 50, alarm_hold: 0}
+"""), {})
+    alarms = settings.alarms
+    assert (alarms.threshold, alarms.alarm_hold, alarms.warmup) == (0.3, 20, None)
+    assert [(o.series, o.threshold, o.alarm_hold, o.warmup) for o in alarms.overrides] == [
+        ("db.*", 0.4, None, None), ("web.?", None, 0, 50)]
+    assert to_dict(settings)["alarms"]["overrides"][0]["series"] == "db.*"
+    assert load(None, {}).alarms.threshold is None  # the model's own
+    assert load(None, {"STREAMLSTM_ALARMS_THRESHOLD": "0.35"}).alarms.threshold == 0.35
+
+
+@pytest.mark.parametrize(("text", "key"), [
+    ("alarms:\n  threshold: 1.5\n", "alarms.threshold"),
+    ("alarms:\n  threshold: 0\n", "alarms.threshold"),
+    ("alarms:\n  threshold: high\n", "alarms.threshold"),
+    ("alarms:\n  alarm_hold: -1\n", "alarms.alarm_hold"),
+    ("alarms:\n  warmup: 0\n", "alarms.warmup"),
+    ("alarms:\n  overrides: {series: a}\n", "alarms.overrides"),
+    ("alarms:\n  overrides:\n    - {series: a, threshold: 0.4}\n    - {series: b, threshold: 2}\n",
+     "alarms.overrides[1].threshold"),
+    ("alarms:\n  overrides:\n    - {threshold: 0.4}\n", "alarms.overrides[0].series"),
+    ("alarms:\n  overrides:\n    - {series: a}\n", "alarms.overrides[0]"),
+    ("alarms:\n  overrides:\n    - {series: a, treshold: 0.4}\n", "alarms.overrides[0].treshold"),
+    ("alarms:\n  overrides:\n    - {series: a, warmup: 2.5}\n", "alarms.overrides[0].warmup"),
+])
+def test_bad_alarm_settings_name_their_key(tmp_path: Path, text: str, key: str) -> None:
+    assert config_error(write(tmp_path, text)).key == key
+
+
+def test_an_alarm_setting_from_the_environment_names_the_variable() -> None:
+    error = config_error(None, {"STREAMLSTM_ALARMS_THRESHOLD": "2"})
+    assert error.key == "alarms.threshold" and "STREAMLSTM_ALARMS_THRESHOLD" in str(error)

@@ -24,6 +24,8 @@ from streamlstm.cli import BUNDLED_MODEL
 from streamlstm.core.calibration import CalibrationSettings
 from streamlstm.metrics import Metrics
 from tests.dashboard_queries import (
+    KNOWN_DATASOURCES,
+    annotation_queries,
     iter_panels,
     panel_queries,
     substitute,
@@ -53,8 +55,9 @@ INFLUX_CLIENT_ENV = {k for k in config.ENVIRONMENT_KEYS if k.startswith("INFLUXD
 RUNTIME_ENV = {"PATH", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE"}
 KNOWN_ENV = set(config.ENVIRONMENT_KEYS) | INFLUX_CLIENT_ENV | RUNTIME_ENV
 
-COMPOSE_SERVICES = {"kafka", "influxdb", "prometheus", "grafana", "streamlstm", "producer",
-                    "trainer"}
+COMPOSE_SERVICES = {"kafka", "influxdb", "influxdb-tokens", "prometheus", "grafana", "streamlstm",
+                    "producer", "model-init", "trainer"}
+RUNBOOK_BASE = "https://github.com/streamlstm/streamlstm/blob/main/deploy/runbook.md"
 
 
 def _yaml(path: Path) -> Any:
@@ -123,6 +126,11 @@ def known_metric_names() -> set[str]:
     return names
 
 
+def _board_queries(board: dict[str, Any]) -> list[Any]:
+    """Every query Grafana runs for ``board``: panels, variables and annotations."""
+    return panel_queries(board) + template_queries(board) + annotation_queries(board)
+
+
 def rule_expressions() -> list[tuple[str, str]]:
     out = []
     for group in _yaml(RULES)["groups"]:
@@ -135,7 +143,7 @@ def dashboard_promql() -> list[tuple[str, str]]:
     out = []
     for path in DASHBOARDS:
         board = json.loads(path.read_text(encoding="utf-8"))
-        for q in panel_queries(board) + template_queries(board):
+        for q in _board_queries(board):
             if q.kind == "promql":
                 out.append((f"{path.name}: {q.panel_title}", q.query))
     return out
@@ -145,7 +153,7 @@ def dashboard_influxql() -> list[tuple[str, str]]:
     out = []
     for path in DASHBOARDS:
         board = json.loads(path.read_text(encoding="utf-8"))
-        for q in panel_queries(board) + template_queries(board):
+        for q in _board_queries(board):
             if q.kind == "influxql":
                 out.append((f"{path.name}: {q.panel_title}", q.query))
     return out
@@ -179,6 +187,10 @@ def test_compose_names_the_services_and_their_ports() -> None:
     assert _published(services["prometheus"]) == {9090: 9090}
     assert _published(services["grafana"]) == {3000: 3000}
     assert 9094 in _published(services["kafka"])
+    # Published on localhost only unless BIND_ADDRESS says otherwise.
+    for name, service in services.items():
+        for entry in service.get("ports", []):
+            assert str(entry).startswith("${BIND_ADDRESS:-127.0.0.1}:"), (name, entry)
     kafka_env = services["kafka"]["environment"]
     assert "PLAINTEXT://kafka:9092" in kafka_env["KAFKA_ADVERTISED_LISTENERS"]
     assert "controller" in kafka_env["KAFKA_PROCESS_ROLES"]  # KRaft, no ZooKeeper
@@ -189,19 +201,14 @@ def test_compose_runs_the_daemon_with_the_example_config() -> None:
     daemon = services["streamlstm"]
     assert daemon["build"]["dockerfile"] == "deploy/Dockerfile"
     assert (DEPLOY / daemon["build"]["context"] / daemon["build"]["dockerfile"]).is_file()
-    command = daemon["command"]
-    assert command[:2] == ["run", "--config"]
+    (command,) = daemon["command"]
+    config_path = re.search(r"exec streamlstm run --config (\S+)$", command).group(1)
     mounts = _mounts(daemon)
-    assert mounts[command[2]] == "./streamlstm.example.yaml"
+    assert mounts[config_path] == "./streamlstm.example.yaml"
     model_path = daemon["environment"]["STREAMLSTM_MODEL_PATH"]
     assert mounts[model_path] == "models"
-    # The trainer writes the first model into the same volume before the daemon starts.
-    assert _mounts(services["trainer"])[model_path] == "models"
-    assert "train" in " ".join(services["trainer"]["command"])
-    assert model_path in " ".join(services["trainer"]["command"])
     depends = daemon["depends_on"]
-    assert depends["trainer"]["condition"] == "service_completed_successfully"
-    assert depends["influxdb"]["condition"] == "service_healthy"
+    assert depends["influxdb-tokens"]["condition"] == "service_completed_successfully"
     # The producer replays the bundled data into the daemon's topic on the compose broker.
     producer = services["producer"]["command"]
     assert producer[0] == "produce"
@@ -212,6 +219,50 @@ def test_compose_runs_the_daemon_with_the_example_config() -> None:
             assert (ROOT / "streamlstm" / "data" / Path(arg).name).is_file(), arg
 
 
+def test_compose_first_start_installs_the_bundled_model_not_a_training_run() -> None:
+    services = _compose()["services"]
+    daemon, init = services["streamlstm"], services["model-init"]
+    model_path = daemon["environment"]["STREAMLSTM_MODEL_PATH"]
+    assert init["command"] == ["models", "init", "--models", model_path]
+    assert _mounts(init)[model_path] == "models"
+    assert daemon["depends_on"]["model-init"]["condition"] == "service_completed_successfully"
+    # Nothing trains on the replayed NAB files (they hold the labelled anomalies) by default:
+    # the trainer is behind a profile, and takes the user's own history.
+    assert services["trainer"]["profiles"] == ["train"]
+    for name, service in services.items():
+        text = json.dumps(service)
+        if name != "trainer":
+            assert " train " not in f" {text} " and '"train"' not in text, name
+        assert not ("train" in text and "/opt/streamlstm/data" in text), name
+
+
+def test_compose_keeps_kafka_models_and_checkpoints_on_volumes() -> None:
+    compose = _compose()
+    services = compose["services"]
+    kafka = services["kafka"]
+    log_dir = kafka["environment"]["KAFKA_LOG_DIRS"]
+    assert _mounts(kafka)[log_dir] == "kafka-data"
+    assert kafka["environment"]["CLUSTER_ID"]  # the same cluster finds its data after a restart
+    daemon = services["streamlstm"]
+    settings = config.load(DEPLOY / "streamlstm.example.yaml",
+                           {k: str(v) for k, v in daemon["environment"].items()})
+    assert settings.checkpoint.store == "directory"
+    checkpoints = (Path(settings.checkpoint.directory) if settings.checkpoint.directory
+                   else Path(settings.model.path).parent / "checkpoints")
+    assert _mounts(daemon)[str(checkpoints)] == "checkpoints"
+    assert {"kafka-data", "models", "checkpoints"} <= set(compose["volumes"])
+    dockerfile = (DEPLOY / "Dockerfile").read_text(encoding="utf-8")
+    assert str(checkpoints) in re.search(r"^VOLUME (.*)$", dockerfile, re.MULTILINE).group(1)
+
+
+def test_compose_pins_every_image_tag() -> None:
+    for name, service in _compose()["services"].items():
+        image = service.get("image")
+        if image and "build" not in service:
+            repository, _, tag = image.rpartition(":")
+            assert repository and re.fullmatch(r"v?\d+\.\d+\.\d+", tag), (name, image)
+
+
 def test_compose_daemon_settings_point_at_the_compose_services() -> None:
     daemon = _compose()["services"]["streamlstm"]
     env = {k: str(v) for k, v in daemon["environment"].items()}
@@ -219,7 +270,7 @@ def test_compose_daemon_settings_point_at_the_compose_services() -> None:
     assert settings.kafka.bootstrap_servers == "kafka:9092"
     assert settings.influx.url == "http://influxdb:8086"
     assert settings.metrics.port == METRICS_PORT
-    assert settings.influx.token  # from the environment, not the file
+    assert "INFLUXDB_V2_TOKEN" not in env  # read from its token volume at start
 
 
 def test_compose_influxdb_has_the_bucket_and_a_dbrp_mapping() -> None:
@@ -228,14 +279,42 @@ def test_compose_influxdb_has_the_bucket_and_a_dbrp_mapping() -> None:
     assert env["DOCKER_INFLUXDB_INIT_MODE"] == "setup"
     assert env["DOCKER_INFLUXDB_INIT_BUCKET"] == DEFAULTS.influx.bucket
     assert env["DOCKER_INFLUXDB_INIT_ORG"] == DEFAULTS.influx.org
-    assert services["streamlstm"]["environment"]["INFLUXDB_V2_TOKEN"] == env[
-        "DOCKER_INFLUXDB_INIT_ADMIN_TOKEN"]
     init_dir = _mounts(services["influxdb"])["/docker-entrypoint-initdb.d"]
     scripts = sorted((DEPLOY / init_dir).glob("*.sh"))
     assert scripts, "no init script"
     text = "\n".join(s.read_text(encoding="utf-8") for s in scripts)
     assert "influx v1 dbrp create" in text
     assert all(os.access(s, os.X_OK) for s in scripts), "run-parts skips non-executable scripts"
+
+
+def test_compose_daemon_writes_and_grafana_reads_with_their_own_tokens() -> None:
+    services = _compose()["services"]
+    admin = services["influxdb"]["environment"]["DOCKER_INFLUXDB_INIT_ADMIN_TOKEN"]
+    tokens = services["influxdb-tokens"]
+    assert tokens["environment"]["INFLUX_TOKEN"] == admin
+    assert tokens["environment"]["BUCKET"] == DEFAULTS.influx.bucket
+    script_path = next(t for t, s in _mounts(tokens).items() if s.endswith(".sh"))
+    assert tokens["entrypoint"][-1] == script_path
+    script = (DEPLOY / _mounts(tokens)[script_path]).read_text(encoding="utf-8")
+    assert re.search(r"^create daemon --write-bucket \S+$", script, re.MULTILINE)
+    assert re.search(r"^create grafana --read-bucket \S+", script, re.MULTILINE)
+    assert "--all-access" not in script and "--operator" not in script
+    for consumer, variable, volume in (("streamlstm", "INFLUXDB_V2_TOKEN", "influxdb-token-daemon"),
+                                       ("grafana", "INFLUXDB_TOKEN", "influxdb-token-grafana")):
+        service = services[consumer]
+        assert variable not in service["environment"], consumer
+        assert admin not in json.dumps(service), f"{consumer} holds the admin token"
+        (command,) = service["command"]
+        token_file = re.search(rf'{variable}="\$\$\(cat (\S+)\)"', command).group(1)
+        directory = str(Path(token_file).parent)
+        assert _mounts(service)[directory] == volume, consumer
+        assert f"{volume}:{directory}:ro" in service["volumes"], consumer
+        assert _mounts(tokens)[directory] == volume  # where the script writes it
+        assert f"/run/streamlstm-tokens/{Path(directory).name}/token" == token_file
+        # No other consumer mounts this token's volume.
+        others = [n for n, s in services.items()
+                  if n not in (consumer, "influxdb-tokens") and volume in _mounts(s).values()]
+        assert not others, (volume, others)
 
 
 def test_compose_grafana_sets_every_variable_the_provisioning_uses() -> None:
@@ -247,10 +326,11 @@ def test_compose_grafana_sets_every_variable_the_provisioning_uses() -> None:
         text = re.sub(r"^\s*#.*$", "", path.read_text(encoding="utf-8"), flags=re.MULTILINE)
         used |= set(re.findall(r"\$\{(\w+)\}", text))
     assert used, "the datasources should come from the environment"
-    assert used <= set(env), f"not set for grafana: {sorted(used - set(env))}"
+    (command,) = grafana["command"]
+    from_command = set(re.findall(r'(\w+)="\$\$\(cat ', command))
+    assert used <= set(env) | from_command, (
+        f"not set for grafana: {sorted(used - set(env) - from_command)}")
     assert env["INFLUXDB_DB"] == DEFAULTS.influx.bucket
-    assert env["INFLUXDB_TOKEN"] == services["influxdb"]["environment"][
-        "DOCKER_INFLUXDB_INIT_ADMIN_TOKEN"]
     assert env["PROMETHEUS_URL"] == "http://prometheus:9090"
     assert env["INFLUXDB_URL"] == "http://influxdb:8086"
     mounts = _mounts(grafana)
@@ -354,6 +434,64 @@ def test_k8s_deployment_probes_ports_and_config() -> None:
         "metadata"]["name"]
 
 
+def _mebibytes(quantity: str) -> float:
+    units = {"Ki": 1 / 1024, "Mi": 1.0, "Gi": 1024.0}
+    number, unit = re.fullmatch(r"(\d+(?:\.\d+)?)(Ki|Mi|Gi)", quantity).groups()
+    return float(number) * units[unit]
+
+
+def test_k8s_memory_follows_the_documented_formula_for_max_series() -> None:
+    # request = 320 MiB + 2 x 19 kB x max_series; limit = 1.5 x request (deployment.yaml).
+    settings = config.load(K8S / "streamlstm.yaml", {})
+    formula = 320 + 2 * 19_000 * settings.windows.max_series / 2**20
+    resources = _container()["resources"]
+    request = _mebibytes(resources["requests"]["memory"])
+    limit = _mebibytes(resources["limits"]["memory"])
+    assert formula <= request <= formula + 128, (formula, request)
+    assert limit == 1.5 * request
+    text = (K8S / "deployment.yaml").read_text(encoding="utf-8")
+    assert "request = 320 MiB + 2 x 19 kB x max_series" in text
+    assert f"{settings.windows.max_series:,}" in text
+
+
+def test_k8s_first_start_installs_the_bundled_model_into_an_empty_volume() -> None:
+    spec = _k8s("deployment.yaml")["spec"]["template"]["spec"]
+    (init,) = spec["initContainers"]
+    container = _container()
+    assert init["image"] == container["image"]
+    models = {m["name"]: m for m in container["volumeMounts"]}["models"]
+    assert models["readOnly"] is True  # the daemon only reads
+    init_models = {m["name"]: m for m in init["volumeMounts"]}["models"]
+    assert not init_models.get("readOnly")
+    assert init["args"] == ["models", "init", "--models", init_models["mountPath"]]
+    assert init_models["mountPath"] == models["mountPath"] == config.load(
+        K8S / "streamlstm.yaml", {}).model.path
+    assert init["securityContext"]["allowPrivilegeEscalation"] is False
+
+
+def test_k8s_replicas_hand_state_over_through_kafka_and_a_pdb_limits_evictions() -> None:
+    settings = config.load(K8S / "streamlstm.yaml", {})
+    assert settings.checkpoint.store == "kafka"  # no shared disk for per-series state
+    deployment = _k8s("deployment.yaml")
+    replicas = deployment["spec"]["replicas"]
+    assert replicas >= 2
+    pdb = _k8s("pdb.yaml")
+    assert pdb["kind"] == "PodDisruptionBudget" and pdb["apiVersion"] == "policy/v1"
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    # It must let a drain proceed, one replica at a time, even with replicas: 1.
+    assert pdb["spec"].get("maxUnavailable") == 1 and "minAvailable" not in pdb["spec"]
+    assert "pdb.yaml" in _k8s("kustomization.yaml")["resources"]
+
+
+def test_k8s_models_volume_states_its_access_mode() -> None:
+    pvc = _k8s("pvc.yaml")
+    (mode,) = pvc["spec"]["accessModes"]
+    text = (K8S / "pvc.yaml").read_text(encoding="utf-8")
+    assert f"Access mode: {mode}" in text
+    assert mode in (DEPLOY / "README.md").read_text(encoding="utf-8")
+
+
 def test_k8s_service_and_servicemonitor_scrape_the_metrics_port() -> None:
     service = _k8s("service.yaml")
     (port,) = service["spec"]["ports"]
@@ -394,8 +532,51 @@ def test_generated_k8s_files_are_what_generate_py_writes_now() -> None:
     stale = [str(path) for path, text in rendered.items()
              if not (ROOT / path).is_file() or (ROOT / path).read_text(encoding="utf-8") != text]
     assert not stale, f"stale, run deploy/kubernetes/generate.py: {stale}"
-    on_disk = {p.relative_to(ROOT) for p in (K8S / "generated").glob("*")}
-    assert on_disk == set(rendered), "generated/ holds files generate.py no longer writes"
+    for folder in (K8S / "generated", GRAFANA / "export"):
+        on_disk = {p.relative_to(ROOT) for p in folder.glob("*")}
+        written = {p for p in rendered if (ROOT / p).parent == folder}
+        assert written and on_disk == written, f"{folder} holds files generate.py no longer writes"
+
+
+def test_export_dashboards_ask_for_their_datasources_on_import() -> None:
+    module = _generate_module()
+    for path in DASHBOARDS:
+        source_text = path.read_text(encoding="utf-8")
+        exported = json.loads((GRAFANA / "export" / path.name).read_text(encoding="utf-8"))
+        inputs = {i["name"]: i for i in exported["__inputs"]}
+        text = json.dumps(exported)
+        for uid, wanted in module.EXPORT_INPUTS.items():
+            assert f'"uid": "{uid}"' not in text, f"{path.name}: provisioned uid {uid} left"
+            if f'"uid": "{uid}"' in source_text:
+                assert inputs[wanted["name"]]["pluginId"] == KNOWN_DATASOURCES[uid]
+        used = set(re.findall(r"\$\{(DS_\w+)\}", text))
+        assert used == set(inputs), path.name
+        # Put the provisioned uids back: the export is exactly the provisioned dashboard.
+        back = text
+        for uid, wanted in module.EXPORT_INPUTS.items():
+            back = back.replace("${" + wanted["name"] + "}", uid)
+        restored = json.loads(back)
+        for key in ("__comment", "__inputs", "__requires"):
+            restored.pop(key)
+        assert restored == json.loads(source_text)
+
+
+def test_runbook_base_url_rewrites_every_alert_link(tmp_path: Path) -> None:
+    module = _generate_module()
+    for source in module.RUNBOOK_SOURCES:
+        (tmp_path / source).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / source).write_text((ROOT / source).read_text(encoding="utf-8"))
+    base = "https://wiki.example.internal/ops/streamlstm"
+    changed = module.set_runbook_base_url(tmp_path, base)
+    assert set(changed) == set(module.RUNBOOK_SOURCES)
+    for source in module.RUNBOOK_SOURCES:
+        before = re.findall(r'runbook_url: "([^"]+)"', (ROOT / source).read_text())
+        after = re.findall(r'runbook_url: "([^"]+)"', (tmp_path / source).read_text())
+        assert before and len(after) == len(before)
+        assert [u.rpartition("#")[2] for u in after] == [u.rpartition("#")[2] for u in before]
+        assert all(u.startswith(base + "#") for u in after)
+    with pytest.raises(SystemExit):
+        module.set_runbook_base_url(tmp_path, "deploy/runbook.md")
 
 
 def test_generated_k8s_objects_carry_the_originals() -> None:
@@ -421,7 +602,19 @@ def test_dockerfile_is_slim_non_root_cpu_torch_with_a_health_check() -> None:
     pins = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     (torch_pin,) = [p for p in pins if p.startswith("torch")]
     assert f"--index-url https://download.pytorch.org/whl/cpu {torch_pin}" in text
-    assert "pip install ." in text
+    # Dependencies (torch first) before the code: a code edit does not reinstall them.
+    build_stage = text.split("\nFROM ")[1].replace("\\\n", " ")
+    steps = re.findall(r"^(COPY|RUN) (.*)$", build_stage, re.MULTILINE)
+    order = [f"{verb} {arg}" for verb, arg in steps]
+    torch_step = next(i for i, s in enumerate(order) if "torch==" in s)
+    deps_step = next(i for i, s in enumerate(order) if "pip install -r" in s or "-r /tmp" in s)
+    code_step = next(i for i, s in enumerate(order) if s.startswith("COPY streamlstm "))
+    install_step = next(i for i, s in enumerate(order) if "pip install --no-deps ." in s)
+    assert torch_step < deps_step < code_step < install_step
+    assert all(not s.startswith("COPY") or "pyproject.toml" in s
+               for s in order[:deps_step] if s.startswith("COPY")), order
+    installs = [s for s in order if "pip install" in s]
+    assert not [s for s in installs if re.search(r"\.\[|streamlstm\[", s)], "no extras"
     user = re.findall(r"^USER (\S+)", text, re.MULTILINE)
     assert user and not user[-1].startswith(("root", "0"))
     health = re.search(r"^HEALTHCHECK .*?(?<!\\)$", text, re.MULTILINE | re.DOTALL)
@@ -440,6 +633,15 @@ def test_systemd_unit_runs_reloads_and_restarts() -> None:
     unit = (DEPLOY / "systemd" / "streamlstm.service").read_text(encoding="utf-8")
     settings = dict(re.findall(r"^(\w+)=(.*)$", unit, re.MULTILINE))
     assert settings["ExecStart"].endswith("streamlstm run --config /etc/streamlstm/streamlstm.yaml")
+    # First start without training; per-series checkpoints in the state directory.
+    models = dict(re.findall(r"^Environment=(\w+)=(.*)$", unit, re.MULTILINE))[
+        "STREAMLSTM_MODEL_PATH"]
+    assert settings["ExecStartPre"].endswith(f"streamlstm models init --models {models}")
+    state = settings["StateDirectory"].split()
+    example = config.load(DEPLOY / "streamlstm.example.yaml", {"STREAMLSTM_MODEL_PATH": models})
+    assert example.checkpoint.store == "directory" and not example.checkpoint.directory
+    checkpoints = Path(models).parent / "checkpoints"
+    assert {str(Path("/var/lib") / d) for d in state} >= {models, str(checkpoints)}
     assert settings["ExecReload"] == "/bin/kill -HUP $MAINPID"
     assert settings["Restart"] == "on-failure"
     assert settings["EnvironmentFile"].startswith(("/etc/streamlstm/", "-/etc/streamlstm/"))
@@ -498,11 +700,18 @@ def test_metric_names_in_dashboards_and_rules_exist() -> None:
 
 
 def test_dashboards_use_every_metric_family() -> None:
+    """Every streamlstm_ family; the standard process_* and python_* collectors are exempt
+    (any Prometheus client's, documented by prometheus_client)."""
     used = " ".join(expr for _, expr in dashboard_promql())
     registry = CollectorRegistry()
     Metrics(registry)
-    for family in registry.collect():
-        assert family.name in used, f"no dashboard panel shows {family.name}"
+    families = [family.name for family in registry.collect()]
+    assert any(name.startswith("process_") for name in families)
+    for name in families:
+        if name.startswith(("process_", "python_")):
+            continue
+        assert name.startswith("streamlstm_"), f"{name}: not a streamlstm_ or standard family"
+        assert name in used, f"no dashboard panel shows {name}"
 
 
 def test_alerts_have_severity_annotations_and_runbook_sections() -> None:
@@ -518,10 +727,21 @@ def test_alerts_have_severity_annotations_and_runbook_sections() -> None:
         [(a["alert"], a["labels"], a["annotations"]) for a in alerts]
         + [(r["title"], r["labels"], r["annotations"]) for r in grafana_rules]
     ):
-        assert labels["severity"] in ("page", "ticket"), name
+        assert labels["severity"] in ("critical", "warning"), name
         assert {"summary", "description", "runbook_url"} <= set(notes), name
-        anchor = notes["runbook_url"].rpartition("#")[2]
+        base, _, anchor = notes["runbook_url"].rpartition("#")
         assert anchor == name.lower() and anchor in anchors, name
+        # Absolute: a relative path resolves in neither Alertmanager nor Grafana.
+        assert re.match(r"^https?://[^/]+/", base), name
+        assert base == RUNBOOK_BASE, name
+
+
+def test_an_alert_fires_when_many_series_alarm_at_once() -> None:
+    (alert,) = [r for g in _yaml(RULES)["groups"] for r in g["rules"]
+                if r.get("alert") == "StreamlstmManySeriesAlarming"]
+    assert "streamlstm_anomalies_total" in alert["expr"]
+    assert "streamlstm_series_tracked" in alert["expr"]
+    assert alert["labels"]["severity"] == "critical"
 
 
 def test_every_alert_has_a_promtool_unit_test() -> None:
@@ -551,7 +771,7 @@ def test_datasources_provisioned_with_the_uids_the_dashboards_use() -> None:
     used = set()
     for path in DASHBOARDS:
         board = json.loads(path.read_text(encoding="utf-8"))
-        used |= {q.datasource_uid for q in panel_queries(board) + template_queries(board)}
+        used |= {q.datasource_uid for q in _board_queries(board)}
     assert used == set(sources)
 
 
@@ -572,28 +792,81 @@ def test_dashboard_structure(path: Path) -> None:
     titles = [p["title"] for p in panels if p["type"] != "row"]
     assert len(titles) == len(set(titles)), "panel titles must be unique"
     variables = {v["name"] for v in board["templating"]["list"]}
-    queries = panel_queries(board) + template_queries(board)
+    queries = _board_queries(board)
     for q in queries:
         for name in re.findall(r"\$\{?(\w+)", q.query):
             assert name in variables or name.startswith("__") or name in (
                 "timeFilter", "interval"), f"{q.panel_title}: unknown variable ${name}"
 
 
-def test_anomalies_dashboard_series_variable_and_influxql() -> None:
+def _by_title(board: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {p["title"]: p for p in iter_panels(board)}
+
+
+def test_anomalies_dashboard_series_picker_and_influxql() -> None:
     board = json.loads((GRAFANA / "dashboards" / "anomalies.json").read_text())
     (series,) = [v for v in board["templating"]["list"] if v["name"] == "series"]
     assert series["query"] == 'SHOW TAG VALUES FROM "anomaly" WITH KEY = "series"'
-    assert series["multi"] is True and series["includeAll"] is True
+    # One series at a time: a repeated row per series is unusable at 10,000 series.
+    assert series["multi"] is False and series["includeAll"] is False
     assert series["datasource"]["uid"] == "streamlstm-influxdb"
+    assert not [p["title"] for p in iter_panels(board) if p.get("repeat")]
     queries = panel_queries(board)
     assert {q.kind for q in queries} == {"influxql"}
+    panels = _by_title(board)
     for q in queries:
         assert "$timeFilter" in q.query, q.panel_title
-        assert '"series" =~ /^$series$/' in q.query, q.panel_title
+        picked = '"series" =~ /^$series$/' in q.query
+        # The picked series' row shows that series only; the overview covers every series.
+        assert picked == ("$series" in q.panel_title), q.panel_title
+        if not picked:
+            grouped = re.search(r"GROUP BY (.*)", q.query)
+            assert not grouped or '"series"' not in grouped.group(1), (
+                f"{q.panel_title}: one line per series does not scale")
     titles = {q.panel_title for q in queries}
-    assert {"Latest anomalies", "Anomalies over time"} <= titles
+    assert {"Latest anomalies", "Anomalies over time", "Most anomalous series"} <= titles
     assert any("Value and anomalies" in t for t in titles)
     assert any("Score against threshold" in t for t in titles)
+    # Top-N: a table of the highest score per series, each series a link to the picker.
+    top = panels["Most anomalous series"]
+    assert top["type"] == "table"
+    (query,) = [q.query for q in queries if q.panel_title == "Most anomalous series"]
+    assert re.match(r'SELECT top\("score", "series", (\d+)\)', query)
+    links = [prop["value"] for o in top["fieldConfig"]["overrides"]
+             if o["matcher"]["options"] == "series" for prop in o["properties"]
+             if prop["id"] == "links"]
+    assert links and f"/d/{board['uid']}/" in links[0][0]["url"]
+    assert "var-series=${__value.text" in links[0][0]["url"]
+
+
+def test_score_panels_have_units_and_the_score_range() -> None:
+    board = json.loads((GRAFANA / "dashboards" / "anomalies.json").read_text())
+    score_panels = [p for p in iter_panels(board) if p["type"] != "row"
+                    and any(re.search(r'\b(max|top|mean|last)\("score"', t.get("query", ""))
+                            for t in p.get("targets", []))
+                    and p["title"] not in ("Latest anomalies",)]
+    assert len(score_panels) >= 3
+    for panel in score_panels:
+        defaults = panel["fieldConfig"]["defaults"]
+        assert defaults.get("unit"), panel["title"]
+        assert (defaults.get("min"), defaults.get("max")) == (0, 1), panel["title"]
+
+
+def test_dashboards_annotate_alarms_and_model_loads() -> None:
+    anomalies = json.loads((GRAFANA / "dashboards" / "anomalies.json").read_text())
+    health = json.loads((GRAFANA / "dashboards" / "daemon-health.json").read_text())
+    notes = {q.panel_title: q for q in annotation_queries(anomalies)}
+    alarms = notes["annotation Alarms"]
+    assert alarms.kind == "influxql" and '"is_anomaly" = true' in alarms.query
+    assert "$timeFilter" in alarms.query and "LIMIT" in alarms.query
+    for board in (anomalies, health):
+        (loaded,) = [q for q in annotation_queries(board)
+                     if q.panel_title == "annotation Model loaded"]
+        assert loaded.kind == "promql"
+        assert "streamlstm_model_loaded_timestamp_seconds" in loaded.query
+        (note,) = [a for a in board["annotations"]["list"] if a["name"] == "Model loaded"]
+        # The gauge holds the load time: each new value is one annotation at that time (ms).
+        assert note["useValueForTime"] is True and loaded.query.endswith("* 1000")
 
 
 def test_influxql_queries_use_the_schema_the_daemon_writes() -> None:
@@ -664,7 +937,7 @@ def test_health_dashboard_covers_what_an_operator_needs() -> None:
 def test_every_dashboard_query_substitutes_completely() -> None:
     for path in DASHBOARDS:
         board = json.loads(path.read_text(encoding="utf-8"))
-        for q in panel_queries(board) + template_queries(board):
+        for q in _board_queries(board):
             text = substitute(q.query, 1_396_310_400 * 10**9, 1_396_396_800 * 10**9, "1m",
                               {"series": ["a.b", "c"], "job": ".*", "instance": ".*"},
                               kind=q.kind, scrape_interval="1s")
@@ -697,24 +970,28 @@ def test_grafana_alert_rule_is_well_formed() -> None:
     assert rule["annotations"]["__dashboardUid__"] in dashboard_uids
 
 
-def test_alert_and_dashboard_thresholds_are_the_shipped_threshold() -> None:
-    # The Prometheus rule and the dashboards' threshold lines state the calibration's default
-    # threshold; a change to it must move them too.
+def test_alerts_and_dashboards_read_thresholds_from_the_data() -> None:
+    # The threshold is the daemon's to apply (the model's calibration, or the config's alarms
+    # section per series): rules and dashboards read flags and thresholds from what it wrote,
+    # and hard-code no threshold number.
     shipped = CalibrationSettings().threshold
     meta = json.loads((BUNDLED_MODEL / "meta.json").read_text())
     assert meta["calibration"]["threshold"] == shipped
+    number = re.compile(rf"(?<![\d.]){re.escape(str(shipped))}(?![\d])")
     (alert,) = [r for g in _yaml(RULES)["groups"] for r in g["rules"]
                 if r.get("alert") == "StreamlstmAnomaly"]
-    assert re.search(r">=\s*([0-9.]+)\s*$", alert["expr"].strip()).group(1) == str(shipped)
-    assert f"threshold {shipped}" in alert["annotations"]["description"]
+    assert "streamlstm_series_anomalies_total" in alert["expr"]
+    for where, expr in rule_expressions():
+        assert not number.search(expr), where
+    assert not number.search(json.dumps(alert["annotations"]))
     anomalies = json.loads((GRAFANA / "dashboards" / "anomalies.json").read_text())
-    score_panels = [p for p in iter_panels(anomalies)
-                    if "default alarm threshold" in p.get("description", "")]
-    assert len(score_panels) == 2
-    for panel in score_panels:
-        steps = panel["fieldConfig"]["defaults"]["thresholds"]["steps"]
-        assert steps[-1]["value"] == shipped, panel["title"]
-        assert re.search(rf"\b{re.escape(str(shipped))}\b", panel["description"]), panel["title"]
+    for panel in iter_panels(anomalies):
+        steps = panel.get("fieldConfig", {}).get("defaults", {}).get("thresholds", {}).get(
+            "steps", [])
+        assert shipped not in [s.get("value") for s in steps], panel["title"]
+        assert not number.search(panel.get("description", "")), panel["title"]
+    (score,) = [p for p in iter_panels(anomalies) if "Score against threshold" in p["title"]]
+    assert any('"threshold"' in t.get("query", "") for t in score["targets"])
 
 
 def test_grafana_alert_fires_on_one_flagged_point() -> None:

@@ -1,0 +1,108 @@
+"""One daemon against two in one consumer group: combined events/s on the same topic.
+
+    python bench/scale_out.py [--series 1000] [--events 200] [--partitions 8]
+
+Starts a local tansu broker and InfluxDB, produces ``--series`` x ``--events`` keyed events on a
+``--partitions`` topic, then runs ``streamlstm run`` as 1 and as 2 processes (each in a fresh
+consumer group, the default checkpoint store in a temporary directory) and reads the group's
+committed offsets every half second. The rate is the events committed between the first and
+the last commit over that time, so start-up (torch import, the group join) is not counted.
+Both runs use the same topic, broker and store in the same session: compare the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._stack import Stream, create_topic, produce, servers, unique
+
+BUNDLED = Path(__file__).resolve().parents[1] / "streamlstm" / "data" / "model"
+
+
+def committed(bootstrap: str, topic: str, group: str, partitions: int) -> int:
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
+                             enable_auto_commit=False)
+    try:
+        parts = [TopicPartition(topic, p) for p in range(partitions)]
+        return sum(consumer.committed(tp) or 0 for tp in parts)
+    finally:
+        consumer.close(autocommit=False)
+
+
+def run(processes: int, bootstrap: str, influx_url: str, database: str, topic: str,
+        partitions: int, total: int, folder: Path) -> float:
+    group = unique("scale")
+    config = {
+        "kafka": {"bootstrap_servers": bootstrap, "topic": topic, "group_id": group,
+                  "dead_letter_topic": "", "session_timeout_ms": 6_000,
+                  "heartbeat_interval_ms": 1_000},
+        "decoder": {"max_past_s": 0.0},
+        "influx": {"url": influx_url, "org": "bench", "bucket": database},
+        "model": {"path": str(BUNDLED)},
+        "checkpoint": {"directory": str(folder / group)},
+        "metrics": {"host": "127.0.0.1", "port": 0},
+        "log_level": "WARNING",
+    }
+    path = folder / f"{group}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("STREAMLSTM_", "INFLUXDB_"))}
+    children = [subprocess.Popen([sys.executable, "-m", "streamlstm", "run", "--config",
+                                  str(path)], env=env) for _ in range(processes)]
+    try:
+        first: tuple[float, int] | None = None
+        deadline = time.monotonic() + 900
+        while time.monotonic() < deadline:
+            done = committed(bootstrap, topic, group, partitions)
+            now = time.monotonic()
+            if first is None and done > 0:
+                first = (now, done)
+            if done >= total and first is not None:
+                return (done - first[1]) / max(now - first[0], 1e-9)
+            if any(c.poll() is not None for c in children):
+                raise RuntimeError("a daemon exited early")
+            time.sleep(0.5)
+        raise RuntimeError("the daemons did not catch up within 15 minutes")
+    finally:
+        for child in children:
+            child.terminate()
+        for child in children:
+            child.wait(timeout=60)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--series", type=int, default=1_000)
+    parser.add_argument("--events", type=int, default=200)
+    parser.add_argument("--partitions", type=int, default=8)
+    args = parser.parse_args()
+    database = unique("bench")
+    with servers(True, database) as (broker, influx), tempfile.TemporaryDirectory() as tmp:
+        topic = unique("scale")
+        create_topic(broker.bootstrap, topic, args.partitions)
+        stream = Stream(args.series)
+        total = sum(produce(broker.bootstrap, topic, args.partitions,
+                            stream.messages(0, args.events)).values())
+        rates = {}
+        for processes in (1, 2):
+            rates[processes] = run(processes, broker.bootstrap, influx.url, database, topic,
+                                   args.partitions, total, Path(tmp))
+            print(f"{processes} process{'es' if processes > 1 else ''}: {rates[processes]:,.0f} "
+                  f"events/s combined")
+        print(f"2 vs 1: {rates[2] / rates[1]:.2f}x on {os.cpu_count()} cores "
+              f"({args.series:,} series x {args.events} events, {args.partitions} partitions)")
+
+
+if __name__ == "__main__":
+    main()
