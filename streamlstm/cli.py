@@ -155,7 +155,8 @@ def build_service(settings: config_module.Settings, registry: Any = None) -> tup
     ))
     server = MetricsServer(registry, settings.metrics.host, settings.metrics.port,
                            health=service.health, ready=service.ready,
-                           request_timeout_s=settings.metrics.request_timeout_s)
+                           request_timeout_s=settings.metrics.request_timeout_s,
+                           inspect=service.inspect)
     return service, server
 
 
@@ -328,6 +329,7 @@ def _training_table(args: argparse.Namespace, source: str, features: list[str] |
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    from streamlstm.core.evidence import KINDS
     from streamlstm.core.pipeline import Pipeline, PipelineSettings, score_points
     from streamlstm.sources.files import read_table
 
@@ -343,7 +345,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     with _open_output(args.output) as handle:
         writer = csv.writer(handle)
         writer.writerow(["series", "timestamp", *(artifact.feature_names if multi else ["value"]),
-                         "anomaly_score", "is_anomaly", "error", "novelty", "threshold"])
+                         "anomaly_score", "is_anomaly", "error", "novelty", "threshold",
+                         *(f"surprise_{kind}" for kind in KINDS),
+                         *(["top_feature"] if multi else [])])
         for table in tables:
             pipeline = Pipeline(artifact, PipelineSettings(stride=args.stride), alarms=alarms)
             points = table.points()
@@ -356,6 +360,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
                     _num(score.error) if score else "",
                     _num(score.novelty) if score and score.novelty is not None else "",
                     _num(score.threshold) if score else "",
+                    *(_num(score.evidence[kind]) if score and kind in score.evidence else ""
+                      for kind in KINDS),
+                    *([score.top_feature or "" if score else ""] if multi else []),
                 ])
             total += len(points)
     elapsed = time.perf_counter() - started

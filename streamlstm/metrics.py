@@ -7,11 +7,14 @@ unless ``per_series_labels`` is switched on (cardinality grows with the series c
 
 from __future__ import annotations
 
+import json
 import logging
 import platform
 import threading
+import urllib.parse
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -336,7 +339,8 @@ def short_reason(reason: str) -> str:
 
 
 class MetricsServer:
-    """Serves ``/metrics``, ``/healthz`` (the process is alive) and ``/readyz`` (it is working).
+    """Serves ``/metrics``, ``/healthz`` (the process is alive), ``/readyz`` (it is working)
+    and ``/series?name=NAME`` (``inspect``: what the daemon holds for one series, as JSON).
 
     Runs on its own daemon thread; ``health`` and ``ready`` return ``(ok, reason)``; a reason
     is answered as one short line (`short_reason`). A connection that has not sent a complete
@@ -344,10 +348,12 @@ class MetricsServer:
     """
 
     def __init__(self, registry: CollectorRegistry, host: str, port: int,
-                 health: Probe, ready: Probe, request_timeout_s: float = 10.0) -> None:
+                 health: Probe, ready: Probe, request_timeout_s: float = 10.0,
+                 inspect: Callable[[str], dict[str, Any] | None] | None = None) -> None:
         self._registry = registry
         self._health = health
         self._ready = ready
+        self._inspect = inspect
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -362,8 +368,24 @@ class MetricsServer:
                     reason = short_reason(reason)
                     body = (("ok" if ok else "not ok") + (f": {reason}" if reason else "") + "\n")
                     self._send(200 if ok else 503, body.encode(), "text/plain; charset=utf-8")
+                elif path == "/series" and server._inspect is not None:
+                    self._series()
                 else:
                     self._send(404, b"not found\n", "text/plain; charset=utf-8")
+
+            def _series(self) -> None:
+                query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+                names = query.get("name") or []
+                if len(names) != 1:
+                    self._send(400, b"ask for one series: /series?name=NAME\n",
+                               "text/plain; charset=utf-8")
+                    return
+                assert server._inspect is not None
+                found = server._inspect(names[0])
+                if found is None:
+                    self._send(404, b"no such series held\n", "text/plain; charset=utf-8")
+                    return
+                self._send(200, json.dumps(found).encode(), "application/json")
 
             def _send(self, code: int, body: bytes, content_type: str) -> None:
                 self.send_response(code)

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -158,6 +158,15 @@ class Service:
         if stalled > self.settings.stall_after_s:
             return False, f"loop has not turned for {stalled:.0f}s"
         return True, ""
+
+    def inspect(self, series: str) -> dict[str, Any] | None:
+        """What the pipeline holds for ``series`` (the ``/series`` endpoint); None if nothing.
+        Called from the HTTP thread: a read of arrays the loop may be updating (a debugging
+        view, not a consistent snapshot)."""
+        found = self.pipeline.inspect(series)
+        if found is not None:
+            found["model_version"] = self.pipeline.model_version
+        return found
 
     def ready(self) -> tuple[bool, str]:
         return self._state.ok, self._state.reason

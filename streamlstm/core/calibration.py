@@ -170,6 +170,10 @@ class CalibratorBank:
             raise ValueError(f"warm-ups for {table.shape[1]} kinds, the bank has {len(self.kinds)}")
         self._warmup = table
 
+    def warmups_of(self, slots: np.ndarray) -> np.ndarray:
+        """``[n, K]``: each kind's warm-up for each series (its alarm rule's)."""
+        return np.broadcast_to(self._warmup_of(slots), (len(slots), len(self.kinds)))
+
     def _warmup_of(self, slots: np.ndarray) -> np.ndarray:
         if self.rules is None or len(self._warmup) == 1:
             return self._warmup[0]

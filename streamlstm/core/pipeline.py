@@ -234,6 +234,11 @@ class Pipeline:
                                  self.rules)
         self._apply_rules(rules)
         self._novelty = kinds.index("memory") if "memory" in kinds else None
+        # The latest verdict per series, for `inspect` (why was it flagged?); -1 (state holds
+        # nothing non-finite): none yet, or that kind not calibrated.
+        self.last_score = self.registry.add("last.score", (), np.float32, fill=-1.0)
+        self.last_surprise = self.registry.add("last.surprise", (len(kinds),), np.float32,
+                                               fill=-1.0)
 
     def process(self, points: Sequence[Point], now: float,
                 warmup: Sequence[bool] | None = None) -> StepResult:
@@ -314,6 +319,7 @@ class Pipeline:
         n_features = windows.shape[2]
         scales = np.empty((len(ready), n_features))
         errors = np.empty(len(ready))
+        tops = np.zeros(len(ready), np.int64)
         # Windows in input order: the model sees them so, whatever slots the series hold (a
         # batched matmul rounds a row differently at another position, and a restored pipeline
         # must score bit for bit as the one that never stopped), and the scores come out so.
@@ -324,20 +330,29 @@ class Pipeline:
             for block in round_blocks(pushes.seq[ready]):
                 scales[block] = self.spread.update(r_slots[block], centred[block].var(axis=1))
             model_started = self._clock()
-            errors[order] = self.scorer.errors(
-                (centred[order] / scales[order][:, None, :]).astype(np.float32))
+            normalised = (centred[order] / scales[order][:, None, :]).astype(np.float32)
+            if n_features > 1:  # which feature the model reconstructs worst, for the output
+                per_feature = self.scorer.errors(normalised, per_feature=True)
+                errors[order] = per_feature.mean(axis=1)
+                tops[order] = per_feature.argmax(axis=1)
+            else:
+                errors[order] = self.scorer.errors(normalised)
             result.scoring_seconds += self._clock() - model_started
-        scores, alarms, novelty = self._rounds(pushes, ready, scales, errors)
-        self._emit(part, offset, pushes, ready, order, errors, scores, alarms, novelty, warmup,
-                   result)
+        scores, alarms, novelty, parts = self._rounds(pushes, ready, scales, errors)
+        self._emit(part, offset, pushes, ready, order, errors, tops, scores, alarms, novelty,
+                   parts, warmup, result)
 
     def _rounds(self, pushes: Pushes, ready: np.ndarray, scales: np.ndarray,
-                errors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Memory, evidence, calibration and alarms, one round of pushes at a time."""
+                errors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Memory, evidence, calibration and alarms, one round of pushes at a time.
+
+        Returns per ready window its score, alarm, novelty and ``[k, kinds]`` surprises (NaN
+        where a kind is not calibrated yet)."""
         k = len(ready)
         scores = np.zeros(k)
         alarms = np.zeros(k, bool)
         novelty = np.full(k, np.nan)
+        parts = np.full((k, len(self.evidence)), np.nan)
         window_of = np.full(len(pushes.slots), -1)
         window_of[ready] = np.arange(k)
         periods = self.settings.season_values(self.router.interval[pushes.slots[ready]])
@@ -360,17 +375,26 @@ class Pipeline:
             surprise = self.bank.score_then_learn(rnd.slots, raw)
             score = np.minimum(combined_surprise(surprise) / SURPRISE_SCALE, 1.0)
             scores[at] = score
+            parts[at] = surprise
+            self.last_score[rnd.slots] = score
+            self.last_surprise[rnd.slots] = np.where(np.isnan(surprise), -1.0, surprise)
             alarms[at] = self.alarms.check(rnd.slots, score)
             if self._novelty is not None:
                 novelty[at] = raw[:, self._novelty]
-        return scores, alarms, novelty
+        return scores, alarms, novelty, parts
 
     def _emit(self, part: Sequence[Point], offset: int, pushes: Pushes, ready: np.ndarray,
-              order: np.ndarray, errors: np.ndarray, scores: np.ndarray, alarms: np.ndarray,
-              novelty: np.ndarray, warmup: Sequence[bool] | None, result: StepResult) -> None:
+              order: np.ndarray, errors: np.ndarray, tops: np.ndarray, scores: np.ndarray,
+              alarms: np.ndarray, novelty: np.ndarray, parts: np.ndarray,
+              warmup: Sequence[bool] | None, result: StepResult) -> None:
         """One Score per ready window, in input order (``order``), but for warm-up points."""
         positions = pushes.point[ready]
         version = self.model_version
+        kinds = self.settings.evidence_kinds
+        rounded = np.round(parts, 3).tolist()
+        features = self.artifact.feature_names
+        top_of = ([features[t] for t in tops.tolist()] if len(features) > 1
+                  else [None] * len(tops))
         thresholds = self.alarms.threshold_of(pushes.slots[ready]).tolist()
         for j in order.tolist():
             i = int(positions[j])
@@ -378,6 +402,8 @@ class Pipeline:
                 continue
             point = part[i]
             nov = float(novelty[j])
+            evidence = {kind: value for kind, value in zip(kinds, rounded[j], strict=True)
+                        if value == value}  # NaN: not calibrated yet
             result.positions.append(offset + i)
             result.scores.append(Score(
                 series=point.series,
@@ -389,6 +415,8 @@ class Pipeline:
                 threshold=thresholds[j],
                 is_anomaly=bool(alarms[j]),
                 model_version=version,
+                evidence=evidence,
+                top_feature=top_of[j],
             ))
 
     # ---- model swaps and snapshots ----
@@ -448,6 +476,30 @@ class Pipeline:
         self.alarms.set_rules([r.threshold for r in rules], [r.alarm_hold for r in rules])
         self.bank.set_warmups([[e.calibration(r).warmup for e in self.evidence]
                                for r in rules])
+
+    def inspect(self, series: str) -> dict[str, Any] | None:
+        """What the pipeline holds for ``series`` (None when it holds nothing): how far its
+        window and each kind's calibration are, and its latest score with its parts."""
+        slot = self.registry.slot_of(series)
+        if slot is None:
+            return None
+        kinds = self.settings.evidence_kinds
+        warmups = self.bank.warmups_of(np.array([slot]))[0].tolist()
+        last = float(self.last_score[slot])
+        return {
+            "series": series,
+            "last_timestamp": float(self.router.last_ts[slot]),
+            "window": {"points": int(min(self.router.count[slot], self.window)),
+                       "needed": self.window},
+            "calibration": {kind: {"learnt": int(self.bank.n[slot, k]), "warmup": warmups[k],
+                                   "warm": int(self.bank.n[slot, k]) >= warmups[k]}
+                            for k, kind in enumerate(kinds)},
+            "threshold": float(self.alarms.threshold_of(np.array([slot]))[0]),
+            "last_score": None if last < 0 else round(last, 4),
+            "last_evidence": {kind: round(float(v), 3) for kind, v in
+                              zip(kinds, self.last_surprise[slot].tolist(), strict=True)
+                              if v >= 0},
+        }
 
     def warming(self) -> int:
         """How many series held cannot alarm yet: no kind of evidence has finished its

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -60,6 +60,10 @@ class Score:
     is_anomaly: bool
     model_version: str
     novelty: float | None = None  # distance to the series' nearest past window, in its spread
+    # Why: each calibrated kind of evidence's surprise, -log10 of how rare this window is for
+    # the series by that kind (model, memory, seasonal, coarse); the score combines them.
+    evidence: dict[str, float] = field(default_factory=dict)
+    top_feature: str | None = None  # multi-feature models: the worst reconstructed feature
 
 
 @dataclass(frozen=True, slots=True)

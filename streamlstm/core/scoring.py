@@ -96,13 +96,16 @@ class Scorer:
     def n_features(self) -> int:
         return self.artifact.architecture.n_features
 
-    def errors(self, windows: np.ndarray) -> np.ndarray:
-        """Reconstruction error of each normalised window ``[B, W, F]`` -> float64 ``[B]``."""
-        out = np.empty(len(windows), dtype=np.float64)
+    def errors(self, windows: np.ndarray, per_feature: bool = False) -> np.ndarray:
+        """Reconstruction error of each normalised window ``[B, W, F]`` -> float64 ``[B]``, or
+        ``[B, F]`` per feature with ``per_feature``."""
+        shape = (len(windows), windows.shape[2]) if per_feature else (len(windows),)
+        out = np.empty(shape, dtype=np.float64)
         with torch.inference_mode():
             for start in range(0, len(windows), self.max_batch):
                 batch = torch.from_numpy(windows[start : start + self.max_batch]).to(self.device)
-                out[start : start + len(batch)] = self.fused.errors(batch).double().cpu().numpy()
+                out[start : start + len(batch)] = (
+                    self.fused.errors(batch, per_feature).double().cpu().numpy())
         return out
 
 

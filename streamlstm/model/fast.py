@@ -194,14 +194,16 @@ class FusedAutoencoder:
         model.load_state_dict(state_dict, strict=True)
         return cls(model.to(device).eval(), chunk=chunk, script=script)
 
-    def errors(self, windows: torch.Tensor) -> torch.Tensor:
-        """Mean squared reconstruction error of each window: ``[B, W, F]`` -> ``[B]``."""
+    def errors(self, windows: torch.Tensor, per_feature: bool = False) -> torch.Tensor:
+        """Mean squared reconstruction error of each window: ``[B, W, F]`` -> ``[B]``, or per
+        feature ``[B, F]`` (mean over the window's steps) with ``per_feature``."""
         with torch.inference_mode():
             if windows.shape[0] <= self.chunk:
-                return self._errors(windows)
-            return torch.cat([self._errors(part) for part in windows.split(self.chunk)])
+                return self._errors(windows, per_feature)
+            return torch.cat([self._errors(part, per_feature)
+                              for part in windows.split(self.chunk)])
 
-    def _errors(self, windows: torch.Tensor) -> torch.Tensor:
+    def _errors(self, windows: torch.Tensor, per_feature: bool = False) -> torch.Tensor:
         batch, steps, features = windows.shape
         hidden = self.hidden
         # Time-major: every step's slice is contiguous.
@@ -232,6 +234,8 @@ class FusedAutoencoder:
             self._run(layer, proj, h, c, buffer, steps)
         recon = torch.addmm(self.b_out, buffer.view(steps * batch, hidden), self.w_out_t)
         diff = recon.view(steps, batch, features).sub_(x).square_()
+        if per_feature:
+            return diff.sum(dim=0).div_(steps)
         return diff.sum(dim=(0, 2)).div_(steps * features)
 
     def _run(self, layer: _Layer, proj: torch.Tensor, h: torch.Tensor, c: torch.Tensor | None,

@@ -2,7 +2,10 @@
 
 One point per score: measurement ``settings.measurement``, one tag ``series``, float fields
 ``value`` (``value_1``, ``value_2``... for further features), ``score``, ``error``,
-``novelty`` (once the series' memory holds a past window), ``threshold``, boolean
+``novelty`` (once the series' memory holds a past window), ``surprise_model``,
+``surprise_memory``, ``surprise_seasonal``, ``surprise_coarse`` (why: each kind of evidence's
+surprise, -log10 of its tail probability, once that kind is calibrated), string field
+``top_feature`` (multi-feature models: the feature reconstructed worst), ``threshold``, boolean
 ``is_anomaly``, string field ``model_version``, and the event time in nanoseconds, rounded to
 the microsecond. A point is identified by measurement, tags and time, so a replayed event
 lands on exactly its own point and overwrites it, whichever model scored it this time.
@@ -131,6 +134,11 @@ def to_lines(scores: Sequence[Score], measurement: str) -> list[str]:
         novelty = "" if s.novelty is None else _field("novelty", float(s.novelty))
         if novelty:
             novelty = "," + novelty
+        if s.evidence:  # finite by construction (uncalibrated kinds are left out)
+            novelty += "".join([f",surprise_{kind}={value!r}"
+                                for kind, value in s.evidence.items()])
+        if s.top_feature is not None:
+            novelty += f",top_feature={escape_string(s.top_feature)}"
         if len(values) == 1:
             value = float(values[0])
             # One comparison tells whether all four are finite: inf and NaN survive the sum.

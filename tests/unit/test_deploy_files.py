@@ -48,7 +48,9 @@ INFLUX_MEASUREMENT = DEFAULTS.influx.measurement
 # The one tag is the series (a point is measurement + series + time); the rest are fields.
 INFLUX_TAGS = {"series"}
 INFLUX_FIELDS = {"value", "score", "error", "novelty", "threshold", "is_anomaly",
-                 "model_version"}
+                 "model_version", "surprise_model", "surprise_memory", "surprise_seasonal",
+                 "surprise_coarse"}
+INFLUX_MULTI_FEATURE_FIELDS = {"top_feature", "value_1"}  # only from multi-feature models
 # influxdb-client's own variables (InfluxDBClient.from_env_properties) that config maps.
 INFLUX_CLIENT_ENV = {k for k in config.ENVIRONMENT_KEYS if k.startswith("INFLUXDB_V2_")}
 # Interpreter and image plumbing, not settings.
@@ -874,7 +876,7 @@ def test_influxql_queries_use_the_schema_the_daemon_writes() -> None:
     alert_queries = [(r["title"], d["model"]["query"])
                      for g in alert["groups"] for r in g["rules"] for d in r["data"]
                      if d["datasourceUid"] != "__expr__"]
-    allowed = INFLUX_TAGS | INFLUX_FIELDS | {INFLUX_MEASUREMENT}
+    allowed = INFLUX_TAGS | INFLUX_FIELDS | INFLUX_MULTI_FEATURE_FIELDS | {INFLUX_MEASUREMENT}
     for where, query in dashboard_influxql() + alert_queries:
         if query.startswith("SHOW"):
             assert f'FROM "{INFLUX_MEASUREMENT}"' in query
@@ -890,10 +892,17 @@ def test_the_sink_writes_exactly_the_tags_and_fields_the_dashboards_know() -> No
     from streamlstm.core.records import Score
     from streamlstm.sinks.influx import to_lines
 
-    (line,) = to_lines([Score("s", 1.0, (1.0,), 0.1, 0.2, 0.3, False, "v1", novelty=0.5)], "m")
+    evidence = {"model": 1.5, "memory": 0.2, "seasonal": 3.0, "coarse": 0.0}
+    (line,) = to_lines([Score("s", 1.0, (1.0,), 0.1, 0.2, 0.3, False, "v1", novelty=0.5,
+                              evidence=evidence)], "m")
     tag_set, field_set, _ = line.split(" ")
     assert {kv.split("=")[0] for kv in tag_set.split(",")[1:]} == INFLUX_TAGS
     assert {kv.split("=")[0] for kv in field_set.split(",")} == INFLUX_FIELDS
+    two = Score("s", 1.0, (1.0, 2.0), 0.1, 0.2, 0.3, False, "v1", evidence=evidence,
+                top_feature="b")
+    (line,) = to_lines([two], "m")
+    assert {kv.split("=")[0] for kv in line.split(" ")[1].split(",")} == (
+        INFLUX_FIELDS - {"novelty"} | INFLUX_MULTI_FEATURE_FIELDS)
 
 
 def test_dashboards_group_and_alias_by_tags_only() -> None:
