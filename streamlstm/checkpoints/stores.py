@@ -110,11 +110,12 @@ class DirectoryStore:
         self.keep = keep
         self._clock = clock
         self.location = str(self.root)
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
+        # Made on the first save (a start-up that fails later leaves nothing behind); what can
+        # be checked now is that it could be made.
+        existing = next(p for p in (self.root, *self.root.parents) if p.exists())
+        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
             raise CheckpointError(f"cannot create the checkpoint directory {self.root}: "
-                                  f"{exc}") from exc
+                                  f"{existing} is not a writable directory")
 
     def _files(self, partition: int) -> list[Path]:
         folder = self.root / str(partition)

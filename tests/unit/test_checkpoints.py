@@ -301,3 +301,17 @@ def test_checkpoints_go_next_to_the_models_but_never_into_the_package(
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     assert root(STREAMLSTM_MODEL_PATH=str(BUNDLED_MODEL)) == (
         tmp_path / "state" / "streamlstm" / "checkpoints")
+
+
+def test_a_directory_store_is_made_on_first_save_and_refused_where_it_cannot_be(
+        tiny_artifact: Artifact, tmp_path: Path) -> None:
+    root = tmp_path / "a" / "b"
+    store = DirectoryStore(root)
+    assert not (tmp_path / "a").exists()  # nothing made until there is something to save
+    pipeline = Pipeline(tiny_artifact)
+    snapshot = pipeline.snapshot([])
+    store.save(PartitionCheckpoint(0, 5, snapshot, np.zeros(0, np.int64)), [])
+    assert [p.name[:20] for p in (root / "0").iterdir()] == [f"{5:020d}"]
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(CheckpointError, match="not a writable directory"):
+        DirectoryStore(tmp_path / "file" / "under")
