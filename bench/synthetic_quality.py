@@ -8,9 +8,10 @@ three copies of one kind of incident, 50 to 200 points apart, after 1,500 normal
 (well past the calibration warm-up). Kinds: spike, dip, level shift, variance change, missing
 daily peak, and sustained deviations of 50, 200 and 500 points. The shipped detector (the
 bundled model, `PipelineSettings()`, the artifact's calibration) scores every case with the
-real `Pipeline`; its ``is_anomaly`` flags are judged per incident and per point:
+real `Pipeline`; its ``is_anomaly`` flags (every point at or above the threshold) are judged
+per incident and per point:
 
-* incident alarmed: a flag inside the incident or within one window after its start (a spike
+* incident detected: a flag inside the incident or within one window after its start (a spike
   lives on in every window that holds it);
 * anomalous points flagged: the share of the incident's points flagged while it lasts;
 * normal points flagged: the share of points outside every incident (and a window after it).
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(results, indent=2))
         return
     print(f"generated suite, {args.seeds} cases a kind, 3 copies each (model {args.model})")
-    print(f"{'kind':>14}  {'alarmed':>8}  {'1st':>5} {'2nd':>5} {'3rd':>5}  "
+    print(f"{'kind':>14}  {'detected':>8}  {'1st':>5} {'2nd':>5} {'3rd':>5}  "
           f"{'points flagged':>14}  {'normal flagged':>14}")
     for kind, r in results.items():
         print(f"{kind:>14}  {r['alarmed']:8.0%}  {r['alarmed_copy1']:5.0%} "

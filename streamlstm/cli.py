@@ -345,7 +345,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     with _open_output(args.output) as handle:
         writer = csv.writer(handle)
         writer.writerow(["series", "timestamp", *(artifact.feature_names if multi else ["value"]),
-                         "anomaly_score", "is_anomaly", "error", "novelty", "threshold",
+                         "anomaly_score", "is_anomaly", "alarm", "error", "novelty", "threshold",
                          *(f"surprise_{kind}" for kind in KINDS),
                          *(["top_feature"] if multi else [])])
         for table in tables:
@@ -357,6 +357,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
                     point.series, _iso(point.timestamp), *(_num(v) for v in point.values),
                     _num(score.score) if score else 0.0,
                     int(score.is_anomaly) if score else 0,
+                    int(score.alarm) if score else 0,
                     _num(score.error) if score else "",
                     _num(score.novelty) if score and score.novelty is not None else "",
                     _num(score.threshold) if score else "",

@@ -114,8 +114,13 @@ class Metrics:
         )
         self.anomalies = Counter(
             "streamlstm_anomalies_total",
-            "Alarms: scored events flagged is_anomaly, each the first point of an incident (the "
-            "series is then held quiet for alarm_hold windows).",
+            "Scored events flagged is_anomaly: their score reached the threshold.",
+            registry=registry,
+        )
+        self.alarms = Counter(
+            "streamlstm_alarms_total",
+            "Alarms: the first flagged event of an incident (a series alarms again once its "
+            "last alarm is more than alarm_hold windows back).",
             registry=registry,
         )
         self.threshold = Gauge(
@@ -219,10 +224,10 @@ class Metrics:
             registry=registry,
         )
         self.series_score: Gauge | None = None
-        self.series_anomalies: Counter | None = None
+        self.series_alarms: Counter | None = None
         if per_series_labels:
-            self.series_anomalies = Counter(
-                "streamlstm_series_anomalies_total",
+            self.series_alarms = Counter(
+                "streamlstm_series_alarms_total",
                 "Alarms per series (only with metrics.per_series_labels; created at 0 when a "
                 "series is first scored, so its first alarm is an increase).",
                 ["series"],

@@ -308,12 +308,13 @@ class Service:
         if scores:
             self.metrics.scored_up_to(max(s.timestamp for s in scores))
         self.metrics.anomalies.inc(sum(1 for s in scores if s.is_anomaly))
+        self.metrics.alarms.inc(sum(1 for s in scores if s.alarm))
         if self.metrics.series_score is not None:
             for s in scores:
                 self.metrics.series_score.labels(series=s.series).set(s.score)
-        if self.metrics.series_anomalies is not None:
+        if self.metrics.series_alarms is not None:
             for s in scores:  # inc(0) creates a series' counter at 0 before its first alarm
-                self.metrics.series_anomalies.labels(series=s.series).inc(int(s.is_anomaly))
+                self.metrics.series_alarms.labels(series=s.series).inc(int(s.alarm))
         self._update_gauges()
         return True
 

@@ -338,19 +338,22 @@ class Pipeline:
             else:
                 errors[order] = self.scorer.errors(normalised)
             result.scoring_seconds += self._clock() - model_started
-        scores, alarms, novelty, parts = self._rounds(pushes, ready, scales, errors)
-        self._emit(part, offset, pushes, ready, order, errors, tops, scores, alarms, novelty,
-                   parts, warmup, result)
+        scores, flagged, alarms, novelty, parts = self._rounds(pushes, ready, scales, errors)
+        self._emit(part, offset, pushes, ready, order, errors, tops, scores, flagged, alarms,
+                   novelty, parts, warmup, result)
 
     def _rounds(self, pushes: Pushes, ready: np.ndarray, scales: np.ndarray,
-                errors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                errors: np.ndarray,
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Memory, evidence, calibration and alarms, one round of pushes at a time.
 
-        Returns per ready window its score, alarm, novelty and ``[k, kinds]`` surprises (NaN
-        where a kind is not calibrated yet)."""
+        Returns per ready window its score, whether it is flagged (at or above the threshold),
+        whether it alarms (the first flagged of an incident), its novelty and ``[k, kinds]``
+        surprises (NaN where a kind is not calibrated yet)."""
         k = len(ready)
         scores = np.zeros(k)
         alarms = np.zeros(k, bool)
+        flagged = np.zeros(k, bool)
         novelty = np.full(k, np.nan)
         parts = np.full((k, len(self.evidence)), np.nan)
         window_of = np.full(len(pushes.slots), -1)
@@ -379,13 +382,14 @@ class Pipeline:
             self.last_score[rnd.slots] = score
             self.last_surprise[rnd.slots] = np.where(np.isnan(surprise), -1.0, surprise)
             alarms[at] = self.alarms.check(rnd.slots, score)
+            flagged[at] = score >= self.alarms.threshold_of(rnd.slots)
             if self._novelty is not None:
                 novelty[at] = raw[:, self._novelty]
-        return scores, alarms, novelty, parts
+        return scores, flagged, alarms, novelty, parts
 
     def _emit(self, part: Sequence[Point], offset: int, pushes: Pushes, ready: np.ndarray,
               order: np.ndarray, errors: np.ndarray, tops: np.ndarray, scores: np.ndarray,
-              alarms: np.ndarray, novelty: np.ndarray, parts: np.ndarray,
+              flagged: np.ndarray, alarms: np.ndarray, novelty: np.ndarray, parts: np.ndarray,
               warmup: Sequence[bool] | None, result: StepResult) -> None:
         """One Score per ready window, in input order (``order``), but for warm-up points."""
         positions = pushes.point[ready]
@@ -413,7 +417,8 @@ class Pipeline:
                 novelty=nov if math.isfinite(nov) else None,
                 score=float(scores[j]),
                 threshold=thresholds[j],
-                is_anomaly=bool(alarms[j]),
+                is_anomaly=bool(flagged[j]),
+                alarm=bool(alarms[j]),
                 model_version=version,
                 evidence=evidence,
                 top_feature=top_of[j],

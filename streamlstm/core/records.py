@@ -64,6 +64,10 @@ class Score:
     # the series by that kind (model, memory, seasonal, coarse); the score combines them.
     evidence: dict[str, float] = field(default_factory=dict)
     top_feature: str | None = None  # multi-feature models: the worst reconstructed feature
+    # The first flagged point of an incident: flagged (``is_anomaly``) when the series' last
+    # alarm is more than ``alarm_hold`` windows back. Pages and NAB-style scoring use this;
+    # ``is_anomaly`` flags every point whose score reaches the threshold.
+    alarm: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,9 +6,11 @@ One point per score: measurement ``settings.measurement``, one tag ``series``, f
 ``surprise_memory``, ``surprise_seasonal``, ``surprise_coarse`` (why: each kind of evidence's
 surprise, -log10 of its tail probability, once that kind is calibrated), string field
 ``top_feature`` (multi-feature models: the feature reconstructed worst), ``threshold``, boolean
-``is_anomaly``, string field ``model_version``, and the event time in nanoseconds, rounded to
-the microsecond. A point is identified by measurement, tags and time, so a replayed event
-lands on exactly its own point and overwrites it, whichever model scored it this time.
+``is_anomaly`` (the score reached the threshold), boolean ``alarm`` (true on the first flagged
+point of an incident only), string field ``model_version``, and the event time in
+nanoseconds, rounded to the microsecond. A point is identified by measurement, tags and time,
+so a replayed event lands on exactly its own point and overwrites it, whichever model scored
+it this time.
 
 Refusals: a 4xx that is about the points (400, 413, 422...) raises
 :class:`~streamlstm.errors.SinkRejected`, which the service answers by splitting the batch
@@ -130,25 +132,29 @@ def to_lines(scores: Sequence[Score], measurement: str) -> list[str]:
         error, score, threshold = float(s.error), float(s.score), float(s.threshold)
         values = s.values
         ns = round(float(s.timestamp) * 1_000_000) * 1000
+        # Both always written: a replayed point overwrites its fields, and a stale alarm=true
+        # must not survive (InfluxDB keeps fields a new write leaves out).
+        alarm = "alarm=true," if s.alarm else "alarm=false,"
         anomaly = "true" if s.is_anomaly else "false"
+        # Fields in key order (what InfluxDB parses fastest); the optional ones are left out
+        # where they do not apply.
         novelty = "" if s.novelty is None else _field("novelty", float(s.novelty))
         if novelty:
             novelty = "," + novelty
-        if s.evidence:  # finite by construction (uncalibrated kinds are left out)
-            novelty += "".join([f",surprise_{kind}={value!r}"
-                                for kind, value in s.evidence.items()])
-        if s.top_feature is not None:
-            novelty += f",top_feature={escape_string(s.top_feature)}"
+        surprises = "".join([f",surprise_{kind}={value!r}"  # finite: uncalibrated kinds absent
+                             for kind, value in sorted(s.evidence.items())])
+        top = "" if s.top_feature is None else f",top_feature={escape_string(s.top_feature)}"
         if len(values) == 1:
             value = float(values[0])
             # One comparison tells whether all four are finite: inf and NaN survive the sum.
             if -inf < error + score + threshold + value < inf:
-                append(f"{tagset} error={error!r},is_anomaly={anomaly},model_version={version}"
-                       f"{novelty},score={score!r},threshold={threshold!r},value={value!r} {ns}")
+                append(f"{tagset} {alarm}error={error!r},is_anomaly={anomaly},"
+                       f"model_version={version}{novelty},score={score!r}{surprises},"
+                       f"threshold={threshold!r}{top},value={value!r} {ns}")
                 continue
-        fields = [_field("error", error), f"is_anomaly={anomaly}", f"model_version={version}",
-                  novelty.lstrip(","),
-                  _field("score", score), _field("threshold", threshold)]
+        fields = [alarm.rstrip(","), _field("error", error), f"is_anomaly={anomaly}",
+                  f"model_version={version}", novelty.lstrip(","), _field("score", score),
+                  surprises.lstrip(","), _field("threshold", threshold), top.lstrip(",")]
         for i, raw in enumerate(values):
             fields.append(_field(f"value_{i}" if i else "value", float(raw)))
         append(f"{tagset} {','.join([f for f in fields if f])} {ns}")

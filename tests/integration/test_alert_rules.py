@@ -130,7 +130,8 @@ def test_grafana_anomaly_rule_fires_for_each_series_flagged_in_its_window(
             lines.append(
                 f"anomaly,series={series},model=v1 value={m}.5,score="
                 f"{0.4 if anomalous else 0.05},error=0.1,threshold=0.25,"
-                f"is_anomaly={'true' if anomalous else 'false'} {now - 60 * m - 30}")
+                f"is_anomaly={'true' if anomalous else 'false'},"
+                f"alarm={'true' if anomalous else 'false'} {now - 60 * m - 30}")
     db = unique_name("alerts")
     influx.create_database(db)
     _write(influx, db, lines)

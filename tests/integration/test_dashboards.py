@@ -68,6 +68,11 @@ def test_every_dashboard_query_returns_data(kafka, influx, prometheus_factory, u
             "count_over_time(streamlstm_events_scored_total[1m]) >= 4", timeout=30)
         prometheus.wait_for_series(
             'rate(streamlstm_events_rejected_total{reason="invalid_json"}[1m])', timeout=30)
+        # Gauges the daemon sets on its own schedule (the lag every few seconds, the first
+        # checkpoint once its interval has passed), scraped at least once.
+        prometheus.wait_for_series("streamlstm_consumer_lag_records", timeout=30)
+        prometheus.wait_for_series("streamlstm_checkpoint_last_timestamp_seconds > 0",
+                                   timeout=30)
 
         t0_ns = int((T0 - 3600) * 1e9)
         t1_ns = int((T0 + (n + 60) * STEP) * 1e9)

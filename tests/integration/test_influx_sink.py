@@ -264,11 +264,12 @@ def test_a_body_over_the_servers_limit_is_a_413_refusal() -> None:
 
 def test_line_protocol_shape() -> None:
     lines = to_lines([score(series="a b", ts=T0 + 0.5, values=(1.0, 2.0), anomaly=True)], "m x")
-    assert lines == ['m\\ x,series=a\\ b error=0.01,is_anomaly=true,model_version="v1",'
-                     "score=0.2,threshold=0.9,value=1.0,value_1=2.0 1714564800500000000"]
+    assert lines == ['m\\ x,series=a\\ b alarm=false,error=0.01,is_anomaly=true,'
+                     'model_version="v1",score=0.2,threshold=0.9,value=1.0,value_1=2.0 '
+                     "1714564800500000000"]
     assert escape_tag("a,b=c d\\e") == "a\\,b\\=c\\ d\\e"
     assert to_lines([score(series="s", model="")], "m")[0].startswith(
-        'm,series=s error=0.01,is_anomaly=false,model_version="",')
+        'm,series=s alarm=false,error=0.01,is_anomaly=false,model_version="",')
 
 
 def test_a_comment_like_measurement_is_refused() -> None:

@@ -63,16 +63,18 @@ def test_each_series_alarms_at_its_own_threshold_hold_and_warmup(tiny_artifact: 
     for name, (threshold, series_hold) in expected.items():
         scores = got[name]
         assert {s.threshold for s in scores} == {threshold}, name
-        flags = [s.is_anomaly for s in scores]
+        flags = [s.alarm for s in scores]
         assert flags == alarm_rows([s.score for s in scores], threshold, series_hold).tolist()
         assert any(flags), name
+        # is_anomaly flags every point at or above the series' threshold, with no hold.
+        assert [s.is_anomaly for s in scores] == [s.score >= threshold for s in scores]
     # db.main's longer warm-up: scores stay 0 for 100 windows longer than the model's 200.
     main = [s.score for s in got["db.main"]]
     assert max(main[:300]) == 0 and max(main[300:]) > 0
     assert max(s.score for s in plain["db.main"][200:300]) > 0
     # web.cpu follows the global rule: same scores as without a policy, other alarms.
     assert [s.score for s in got["web.cpu"]] == [s.score for s in plain["web.cpu"]]
-    assert [s.is_anomaly for s in got["web.cpu"]] != [s.is_anomaly for s in plain["web.cpu"]]
+    assert [s.alarm for s in got["web.cpu"]] != [s.alarm for s in plain["web.cpu"]]
 
 
 def test_no_policy_is_the_models_own_calibration(tiny_artifact: Artifact) -> None:
@@ -262,4 +264,4 @@ def test_per_series_alarm_counters_start_at_zero(models: Path) -> None:
                       monotonic=clock, wait=clock.wait)
     send(source, ["a"], 0, 40, lambda _: 1.0)
     assert service.run_once()
-    assert registry.get_sample_value("streamlstm_series_anomalies_total", {"series": "a"}) == 0
+    assert registry.get_sample_value("streamlstm_series_alarms_total", {"series": "a"}) == 0

@@ -85,7 +85,7 @@ def test_replay_defaults_to_the_bundled_model_and_fills_novelty(
     with open(output, newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert list(rows[0]) == ["series", "timestamp", "value", "anomaly_score", "is_anomaly",
-                             "error", "novelty", "threshold", "surprise_model",
+                             "alarm", "error", "novelty", "threshold", "surprise_model",
                              "surprise_memory", "surprise_seasonal", "surprise_coarse"]
     assert len(rows) == n and {row["series"] for row in rows} == {"cpu"}
     # No score until the window is full; no novelty until a non-overlapping past window exists.

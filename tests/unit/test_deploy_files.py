@@ -47,7 +47,7 @@ METRICS_PORT = DEFAULTS.metrics.port
 INFLUX_MEASUREMENT = DEFAULTS.influx.measurement
 # The one tag is the series (a point is measurement + series + time); the rest are fields.
 INFLUX_TAGS = {"series"}
-INFLUX_FIELDS = {"value", "score", "error", "novelty", "threshold", "is_anomaly",
+INFLUX_FIELDS = {"value", "score", "error", "novelty", "threshold", "is_anomaly", "alarm",
                  "model_version", "surprise_model", "surprise_memory", "surprise_seasonal",
                  "surprise_coarse"}
 INFLUX_MULTI_FEATURE_FIELDS = {"top_feature", "value_1"}  # only from multi-feature models
@@ -741,7 +741,7 @@ def test_alerts_have_severity_annotations_and_runbook_sections() -> None:
 def test_an_alert_fires_when_many_series_alarm_at_once() -> None:
     (alert,) = [r for g in _yaml(RULES)["groups"] for r in g["rules"]
                 if r.get("alert") == "StreamlstmManySeriesAlarming"]
-    assert "streamlstm_anomalies_total" in alert["expr"]
+    assert "streamlstm_alarms_total" in alert["expr"]  # incidents, not every flagged point
     assert "streamlstm_series_tracked" in alert["expr"]
     assert alert["labels"]["severity"] == "critical"
 
@@ -859,7 +859,7 @@ def test_dashboards_annotate_alarms_and_model_loads() -> None:
     health = json.loads((GRAFANA / "dashboards" / "daemon-health.json").read_text())
     notes = {q.panel_title: q for q in annotation_queries(anomalies)}
     alarms = notes["annotation Alarms"]
-    assert alarms.kind == "influxql" and '"is_anomaly" = true' in alarms.query
+    assert alarms.kind == "influxql" and '"alarm" = true' in alarms.query
     assert "$timeFilter" in alarms.query and "LIMIT" in alarms.query
     for board in (anomalies, health):
         (loaded,) = [q for q in annotation_queries(board)
@@ -989,7 +989,7 @@ def test_alerts_and_dashboards_read_thresholds_from_the_data() -> None:
     number = re.compile(rf"(?<![\d.]){re.escape(str(shipped))}(?![\d])")
     (alert,) = [r for g in _yaml(RULES)["groups"] for r in g["rules"]
                 if r.get("alert") == "StreamlstmAnomaly"]
-    assert "streamlstm_series_anomalies_total" in alert["expr"]
+    assert "streamlstm_series_alarms_total" in alert["expr"]
     for where, expr in rule_expressions():
         assert not number.search(expr), where
     assert not number.search(json.dumps(alert["annotations"]))

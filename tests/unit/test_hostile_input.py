@@ -148,7 +148,7 @@ def test_the_sink_never_writes_a_name_it_cannot_store_exactly() -> None:
         with pytest.raises(ValueError):
             to_lines([Score(name, T0, (1.0,), 0.1, 0.2, 0.3, False, "v1")], "m")
     (line,) = to_lines([Score("a\\,b c=d", T0, (1.0,), 0.1, 0.2, 0.3, False, "v1")], "m")
-    assert line.startswith("m,series=a\\\\,b\\ c\\=d error=")
+    assert line.startswith("m,series=a\\\\,b\\ c\\=d alarm=false,error=")
 
 
 def test_the_model_version_is_a_field_not_a_tag() -> None:

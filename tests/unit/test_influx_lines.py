@@ -30,14 +30,14 @@ def fields(line: str) -> dict[str, str]:
 
 def test_novelty_is_a_float_field_in_key_order() -> None:
     (line,) = to_lines([score(novelty=1.5)], "m")
-    assert line == ('m,series=s error=0.01,is_anomaly=false,model_version="v1",novelty=1.5,'
-                    f"score=0.2,threshold=0.9,value=0.5 {NS}")
+    assert line == ('m,series=s alarm=false,error=0.01,is_anomaly=false,model_version="v1",'
+                    f"novelty=1.5,score=0.2,threshold=0.9,value=0.5 {NS}")
 
 
 def test_without_novelty_the_field_is_absent() -> None:
     (line,) = to_lines([score(novelty=None)], "m")
-    assert line == ('m,series=s error=0.01,is_anomaly=false,model_version="v1",score=0.2,'
-                    f"threshold=0.9,value=0.5 {NS}")
+    assert line == ('m,series=s alarm=false,error=0.01,is_anomaly=false,model_version="v1",'
+                    f"score=0.2,threshold=0.9,value=0.5 {NS}")
     assert "novelty" not in line
 
 
@@ -49,15 +49,15 @@ def test_a_novelty_of_zero_is_written() -> None:
 @pytest.mark.parametrize("novelty", [math.nan, math.inf, -math.inf])
 def test_non_finite_novelty_is_dropped(novelty: float) -> None:
     (line,) = to_lines([score(novelty=novelty)], "m")
-    assert fields(line) == {"error": "0.01", "is_anomaly": "false", "score": "0.2",
-                            "threshold": "0.9", "value": "0.5"}
+    assert fields(line) == {"alarm": "false", "error": "0.01", "is_anomaly": "false",
+                            "score": "0.2", "threshold": "0.9", "value": "0.5"}
 
 
 @pytest.mark.parametrize("novelty", [2.25, None, math.nan])
 def test_novelty_with_several_features(novelty: float | None) -> None:
     (line,) = to_lines([score(values=(1.0, 2.0), novelty=novelty, anomaly=True)], "m")
-    expected = {"error": "0.01", "is_anomaly": "true", "score": "0.2", "threshold": "0.9",
-                "value": "1.0", "value_1": "2.0"}
+    expected = {"alarm": "false", "error": "0.01", "is_anomaly": "true", "score": "0.2",
+                "threshold": "0.9", "value": "1.0", "value_1": "2.0"}
     if novelty == 2.25:
         expected["novelty"] = "2.25"
     assert fields(line) == expected
@@ -66,7 +66,8 @@ def test_novelty_with_several_features(novelty: float | None) -> None:
 @pytest.mark.parametrize("novelty", [3.5, None, math.inf])
 def test_novelty_beside_a_non_finite_error(novelty: float | None) -> None:
     (line,) = to_lines([score(error=math.nan, novelty=novelty)], "m")
-    expected = {"is_anomaly": "false", "score": "0.2", "threshold": "0.9", "value": "0.5"}
+    expected = {"alarm": "false", "is_anomaly": "false", "score": "0.2", "threshold": "0.9",
+                "value": "0.5"}
     if novelty == 3.5:
         expected["novelty"] = "3.5"
     assert fields(line) == expected

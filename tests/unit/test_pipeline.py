@@ -167,6 +167,21 @@ def test_a_spike_scores_clearly_higher_and_is_flagged_after_warmup(
     flagged = [i for i, s in enumerate(scores) if s is not None and s.is_anomaly]
     assert spike in flagged
     assert all(spike <= i < spike + W for i in flagged), flagged
+    # One incident, one alarm: its first flagged point.
+    assert [i for i, s in enumerate(scores) if s is not None and s.alarm] == [flagged[0]]
+
+
+def test_is_anomaly_flags_every_point_at_the_threshold_and_alarm_the_first_of_an_incident(
+        tiny_artifact: Artifact) -> None:
+    """A spike lives on in the windows that hold it: each of them at or above the threshold
+    is flagged (no hold), and the incident alarms once."""
+    strict = dataclasses.replace(tiny_artifact,
+                                 calibration=dict(tiny_artifact.calibration, threshold=0.4))
+    scores = score_points(Pipeline(strict), spiky_sine(400, [300]))
+    flagged = [i for i, s in enumerate(scores) if s is not None and s.is_anomaly]
+    assert flagged == [i for i, s in enumerate(scores) if s is not None and s.score >= 0.4]
+    assert len(flagged) >= 2
+    assert [i for i, s in enumerate(scores) if s is not None and s.alarm] == [flagged[0]]
 
 
 def test_a_spike_during_calibration_warmup_is_not_flagged(tiny_artifact: Artifact) -> None:
