@@ -169,16 +169,17 @@ def _report(influx: InfluxDB, written: int, sent: int, metrics_port: int,
             prometheus: Prometheus | None, models: Path) -> None:
     names = [row["value"] for row in influx.query(
         'SHOW TAG VALUES FROM "anomaly" WITH KEY = "series"', db=DATABASE)]
-    print(f"\n{'series':45} {'points':>8} {'anomalies':>10}")
+    print(f"\n{'series':45} {'points':>8} {'flagged':>8} {'alarms':>7}")
     for series in names:
-        points, anomalies = _series_counts(influx, series)
-        print(f"{series:45} {points:>8} {anomalies:>10}")
+        points, flagged, alarms = _series_counts(influx, series)
+        print(f"{series:45} {points:>8} {flagged:>8} {alarms:>7}")
     print(f"\n{written} of {sent} events scored and written to InfluxDB (the first events of "
           "each series, and those after a long gap, fill the window; repeated timestamps go to "
           "the dead-letter topic).")
-    print("first anomalies flagged:")
+    print("(flagged: points whose score reached the threshold; alarms: the first flagged point "
+          "of each incident)\nfirst alarms:")
     for row in influx.query('SELECT "score", "value", "series" FROM "anomaly" '
-                            'WHERE "is_anomaly" = true LIMIT 10', db=DATABASE):
+                            'WHERE "alarm" = true LIMIT 10', db=DATABASE):
         stamp = time.strftime("%Y-%m-%d %H:%M", time.gmtime(row["time"] / 1e9))
         print(f"  {stamp}  {row['series']:40} value={row['value']:<10.4g} "
               f"score={row['score']:.4f}")
@@ -191,10 +192,12 @@ def _report(influx: InfluxDB, written: int, sent: int, metrics_port: int,
     print(f"  model:      streamlstm models list --models {models}")
 
 
-def _series_counts(influx: InfluxDB, series: str) -> tuple[int, int]:
+def _series_counts(influx: InfluxDB, series: str) -> tuple[int, int, int]:
+    """Points, flagged points and alarms of ``series``."""
     escaped = series.replace("'", "\\'")
-    total = influx.query(f'SELECT count("score") FROM "anomaly" WHERE "series" = \'{escaped}\'',
-                         db=DATABASE)
-    flagged = influx.query(f'SELECT count("score") FROM "anomaly" WHERE "series" = '
-                           f'\'{escaped}\' AND "is_anomaly" = true', db=DATABASE)
-    return (int(total[0]["count"]) if total else 0, int(flagged[0]["count"]) if flagged else 0)
+    where = f'WHERE "series" = \'{escaped}\''
+    counts = []
+    for extra in ("", ' AND "is_anomaly" = true', ' AND "alarm" = true'):
+        rows = influx.query(f'SELECT count("score") FROM "anomaly" {where}{extra}', db=DATABASE)
+        counts.append(int(rows[0]["count"]) if rows else 0)
+    return counts[0], counts[1], counts[2]
