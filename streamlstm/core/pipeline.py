@@ -254,7 +254,7 @@ class Pipeline:
         """
         started = self._clock()
         result = StepResult(evicted_idle=self.registry.evict_idle(now))
-        result.refused = self._unfit(points)
+        result.refused, timestamps, values = self._unfit(points)
         cap = self.settings.max_new_series_per_poll
         if cap > 0:
             unfit = {i for i, _ in result.refused}
@@ -268,6 +268,7 @@ class Pipeline:
             refused = {i for i, _ in result.refused}
             kept = np.array([i for i in range(len(points)) if i not in refused], np.int64)
             points = [points[i] for i in kept.tolist()]
+            timestamps, values = timestamps[kept], values[kept]
             if warmup is not None:
                 warmup = [warmup[i] for i in kept.tolist()]
         names = [p.series for p in points]
@@ -275,7 +276,7 @@ class Pipeline:
         while done < len(points):
             lookup = self.registry.lookup(names[done:], now)
             result.evicted_capacity += lookup.evicted_capacity
-            self._segment(points, done, lookup.slots, warmup, result)
+            self._segment(points, done, lookup.slots, timestamps, values, warmup, result)
             done += lookup.done
         if kept is not None:  # positions in the points kept -> positions in the input
             result.positions = kept[np.asarray(result.positions, np.int64)].tolist()
@@ -283,8 +284,10 @@ class Pipeline:
         result.seconds = self._clock() - started
         return result
 
-    def _unfit(self, points: Sequence[Point]) -> list[tuple[int, str]]:
-        """(position, reason) of every point that must not enter per-series state."""
+    def _unfit(self, points: Sequence[Point],
+               ) -> tuple[list[tuple[int, str]], np.ndarray, np.ndarray]:
+        """(position, reason) of every point that must not enter per-series state, and the
+        points' timestamps ``[n]`` and values ``[n, F]`` (read once, for the segments too)."""
         n, f = len(points), self.artifact.architecture.n_features
         try:
             values = np.array([p.values for p in points], dtype=np.float64).reshape(n, f)
@@ -296,20 +299,20 @@ class Pipeline:
         fit = shaped & (np.abs(values) <= MAX_VALUE).all(axis=1)  # NaN compares False
         timestamps = np.fromiter((p.timestamp for p in points), np.float64, n)
         timely = (timestamps >= MIN_TIMESTAMP) & (timestamps <= MAX_TIMESTAMP)
-        if fit.all() and timely.all():
-            return []
-        return [(i, "bad_value" if not fit[i] else "bad_timestamp")
-                for i in np.flatnonzero(~(fit & timely)).tolist()]
+        refused = [] if fit.all() and timely.all() else [
+            (i, "bad_value" if not fit[i] else "bad_timestamp")
+            for i in np.flatnonzero(~(fit & timely)).tolist()]
+        return refused, timestamps, values
 
     def _segment(self, points: Sequence[Point], offset: int, slots: np.ndarray,
-                 warmup: Sequence[bool] | None, result: StepResult) -> None:
-        """Process ``points[offset : offset + len(slots)]``, whose series own distinct slots."""
+                 timestamps: np.ndarray, values: np.ndarray, warmup: Sequence[bool] | None,
+                 result: StepResult) -> None:
+        """Process ``points[offset : offset + len(slots)]``, whose series own distinct slots
+        (``timestamps`` and ``values`` are of all the points)."""
         n = len(slots)
         part = points[offset : offset + n]
-        timestamps = np.fromiter((p.timestamp for p in part), np.float64, n)
-        values = np.array([p.values for p in part], dtype=np.float64).reshape(
-            n, self.artifact.architecture.n_features)
-        pushes = self.router.route(slots, timestamps, values)
+        pushes = self.router.route(slots, timestamps[offset : offset + n],
+                                   values[offset : offset + n])
         result.late.extend((pushes.late + offset).tolist())
         ready = np.flatnonzero(pushes.ready)
         result.windows += len(ready)
