@@ -31,7 +31,7 @@ from streamlstm.checkpoints.stores import PartitionCheckpoint
 from streamlstm.config import KafkaSettings
 from streamlstm.core.snapshot import StateLayout, StateSnapshot
 from streamlstm.errors import CheckpointError
-from streamlstm.sources.kafka import client_config
+from streamlstm.sources.kafka import client_config, records_between
 
 log = logging.getLogger(__name__)
 
@@ -178,31 +178,18 @@ class KafkaTopicStore:
     def _read_partition(self, partition: int) -> dict[str, bytes]:
         """The latest value per key of one state partition, read from its beginning."""
         tp = TopicPartition(self.topic, partition)
+        latest: dict[str, bytes] = {}
         try:
             consumer = self._reader()
             consumer.assign([tp])
             begin = consumer.beginning_offsets([tp], timeout_ms=30_000)[tp]
-            end = consumer.end_offsets([tp], timeout_ms=30_000)[tp]
-            latest: dict[str, bytes] = {}
-            if end <= begin:
-                return latest
-            consumer.seek(tp, begin)
-            deadline = time.monotonic() + _TIMEOUT_S
-            while True:
-                batches = consumer.poll(timeout_ms=500, max_records=10_000)
-                for message in batches.get(tp, []):
-                    series = message.key.decode("utf-8", "surrogatepass") if message.key else ""
-                    if message.value is None:
-                        latest.pop(series, None)
-                    else:
-                        latest[series] = message.value
-                # The fetch's high watermark is exact; end_offsets() can be short (tansu).
-                high = max(consumer.highwater(tp) or 0, end)
-                if consumer.position(tp, timeout_ms=30_000) >= high:
-                    return latest
-                if time.monotonic() > deadline:
-                    raise CheckpointError(f"{self.location}[{partition}]: reading the state "
-                                          f"stalled before offset {high}")
+            for message in records_between(consumer, tp, begin, timeout_s=_TIMEOUT_S):
+                series = message.key.decode("utf-8", "surrogatepass") if message.key else ""
+                if message.value is None:
+                    latest.pop(series, None)
+                else:
+                    latest[series] = message.value
+            return latest
         except KafkaError as exc:
             raise CheckpointError(f"{self.location}[{partition}]: reading failed: {exc}") from exc
 

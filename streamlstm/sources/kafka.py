@@ -333,7 +333,7 @@ class KafkaSource:
             scanner.assign([tp])
             while start > bound:
                 chunk = max(bound, start - step)
-                keys = self._keys_between(scanner, tp, chunk, start)
+                keys = [m.key for m in records_between(scanner, tp, chunk, start)]
                 for key in keys:
                     counts[key] = counts.get(key, 0) + 1
                 recent = set(keys) if recent is None else recent
@@ -350,21 +350,6 @@ class KafkaSource:
                         "rewind may re-read (kafka.rewind_records); they start with a short "
                         "window", tp.topic, tp.partition, short, need, committed - start)
         return start
-
-    def _keys_between(self, scanner: KafkaConsumer, tp: TopicPartition, start: int,
-                      stop: int) -> list[bytes | None]:
-        """The keys of the records at offsets ``start..stop-1`` of ``tp``."""
-        scanner.seek(tp, start)
-        keys: list[bytes | None] = []
-        deadline = time.monotonic() + _LOOKUP_TIMEOUT_MS / 1000
-        while time.monotonic() < deadline:
-            for message in scanner.poll(timeout_ms=500).get(tp, []):
-                if message.offset >= stop:
-                    return keys
-                keys.append(message.key)
-            if scanner.position(tp, timeout_ms=_LOOKUP_TIMEOUT_MS) >= stop:
-                return keys
-        raise KafkaError(f"reading offsets {start}..{stop} timed out")
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -529,6 +514,33 @@ class KafkaSource:
                 self._producer.close(timeout=_DEAD_LETTER_TIMEOUT_S)
         except KafkaError as exc:
             raise _source_error("close", self.settings, exc) from exc
+
+
+def records_between(consumer: KafkaConsumer, tp: TopicPartition, start: int,
+                    stop: int | None = None, timeout_s: float = _LOOKUP_TIMEOUT_MS / 1000,
+                    ) -> Iterator[Any]:
+    """The records of ``tp`` (assigned to ``consumer``) from offset ``start`` up to ``stop``,
+    or with None up to the partition's end: the high watermark the fetches report, which is
+    exact where tansu's ``end_offsets()`` is short. KafkaError if that takes ``timeout_s``."""
+    consumer.seek(tp, start)
+    if stop is None:
+        stop = consumer.end_offsets([tp], timeout_ms=_LOOKUP_TIMEOUT_MS)[tp]
+        if stop <= start:
+            return
+        dynamic = True
+    else:
+        dynamic = False
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for message in consumer.poll(timeout_ms=500, max_records=10_000).get(tp, []):
+            if not dynamic and message.offset >= stop:
+                return
+            yield message
+        if dynamic:
+            stop = max(stop, consumer.highwater(tp) or 0)
+        if consumer.position(tp, timeout_ms=_LOOKUP_TIMEOUT_MS) >= stop:
+            return
+    raise KafkaError(f"reading {tp.topic}[{tp.partition}] from {start} to {stop} timed out")
 
 
 def read_range(settings: KafkaSettings, start_ts: float, end_ts: float,
