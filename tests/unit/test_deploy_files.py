@@ -46,6 +46,7 @@ DEFAULTS = config.Settings()
 METRICS_PORT = DEFAULTS.metrics.port
 INFLUX_MEASUREMENT = DEFAULTS.influx.measurement
 # The one tag is the series (a point is measurement + series + time); the rest are fields.
+SYSTEMD_STATE_ROOT = "/var/lib"  # where systemd puts a unit's StateDirectory= folders
 INFLUX_TAGS = {"series"}
 INFLUX_FIELDS = {"value", "score", "error", "novelty", "threshold", "is_anomaly", "alarm",
                  "model_version", "surprise_model", "surprise_memory", "surprise_seasonal",
@@ -643,7 +644,8 @@ def test_systemd_unit_runs_reloads_and_restarts() -> None:
     example = config.load(DEPLOY / "streamlstm.example.yaml", {"STREAMLSTM_MODEL_PATH": models})
     assert example.checkpoint.store == "directory" and not example.checkpoint.directory
     checkpoints = Path(models).parent / "checkpoints"
-    assert {str(Path("/var/lib") / d) for d in state} >= {models, str(checkpoints)}
+    # StateDirectory= names folders under systemd's state root; no file is read from there.
+    assert {f"{SYSTEMD_STATE_ROOT}/{d}" for d in state} >= {models, str(checkpoints)}
     assert settings["ExecReload"] == "/bin/kill -HUP $MAINPID"
     assert settings["Restart"] == "on-failure"
     assert settings["EnvironmentFile"].startswith(("/etc/streamlstm/", "-/etc/streamlstm/"))
