@@ -1,6 +1,6 @@
 """Reconstruction-error speed of the bundled model: windows/s by implementation, batch, threads.
 
-    python bench/model_speed.py [--reps 5] [--seconds 0.4] [--batches 256,1024,4096,16384]
+    python bench/model_speed.py [--reps 5] [--seconds 0.4] [--batches 256,512,1024,2000,8192]
                                 [--threads 1,2] [--no-compile] [--no-onnx]
 
 Every implementation computes ``((windows - model(windows)) ** 2).mean(dim=(1, 2))`` for the same
@@ -11,10 +11,16 @@ weights (the bundled LSTM, window 32, hidden 32):
 - ``compile``: ``torch.compile`` of the module (``nn.LSTM`` stays an ATen/oneDNN call);
 - ``compile-fused``: ``torch.compile`` of the fused maths written functionally, so Inductor can
   fuse each step's element-wise ops (one shape per compile, batches of 1024 only);
-- ``onnxrt`` / ``onnxrt-fused``: ONNX Runtime on the exported module / fused maths, when
-  ``onnxruntime`` is installed (it is not a project dependency);
-- ``fused``: `streamlstm.model.fast.FusedAutoencoder` (TorchScript step loops), ``fused-py``
-  the same in plain Python.
+- ``onnxrt`` / ``onnxrt-fused``: ONNX Runtime on the exported module / fused maths traced;
+- ``onnxrt-lstm``: ONNX Runtime's fused ``LSTM`` operator for the encoder and the decoder (the
+  decoder fed the code W times: no constant-projection trick possible);
+- ``onnxrt-graph``: `streamlstm.model.fast.OnnxAutoencoder`, the unrolled per-gate graph (what
+  the Scorer runs when the ``onnx`` extra is installed);
+- ``fused``: `streamlstm.model.fast.FusedAutoencoder` (plain Python step loops, the torch
+  backend), ``fused-script`` the same with TorchScript step loops.
+
+The ONNX Runtime rows need ``pip install streamlstm[onnx]``. Ratios are against ``eager`` at the
+same batch and threads, measured in the same run.
 
 Each figure is the median over ``--reps`` rounds; a round visits every thread count, variant and
 batch in turn (interleaved, so load from other processes hits all alike) and runs each for about
@@ -36,7 +42,7 @@ from torch import nn
 
 import streamlstm
 from streamlstm.model.artifact import load_artifact
-from streamlstm.model.fast import FusedAutoencoder
+from streamlstm.model.fast import FusedAutoencoder, OnnxAutoencoder
 from streamlstm.model.lstm_ae import LSTMAutoencoder
 
 Errors = Callable[[torch.Tensor], torch.Tensor]
@@ -130,6 +136,59 @@ def onnx_session(module: nn.Module | None, fn: Errors | None, threads: int,
     return run
 
 
+def onnx_lstm_op(model: LSTMAutoencoder, threads: int) -> Errors:
+    """The autoencoder as two ONNX ``LSTM`` nodes (ONNX Runtime's fused LSTM kernel)."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    arch = model.architecture
+    hidden, steps, features = arch.hidden_size, arch.window, arch.n_features
+    assert arch.cell == "lstm" and arch.num_layers == 1
+    # torch's gates (i, f, g, o) -> ONNX's (i, o, f, c)
+    order = np.r_[0:hidden, 3 * hidden : 4 * hidden, hidden : 2 * hidden, 2 * hidden : 3 * hidden]
+
+    def weights(lstm: nn.Module, name: str) -> list:
+        def get(attr: str) -> np.ndarray:
+            return getattr(lstm, attr).detach().numpy()
+
+        w, r = get("weight_ih_l0"), get("weight_hh_l0")
+        b = np.concatenate([get("bias_ih_l0")[order], get("bias_hh_l0")[order]])
+        return [numpy_helper.from_array(w[order][None].copy(), f"{name}_W"),
+                numpy_helper.from_array(r[order][None].copy(), f"{name}_R"),
+                numpy_helper.from_array(b[None].copy(), f"{name}_B")]
+
+    out_w = model.output.weight.detach().numpy().T.copy()
+    inits = [*weights(model.encoder, "enc"), *weights(model.decoder, "dec"),
+             numpy_helper.from_array(out_w, "w_out"),
+             numpy_helper.from_array(model.output.bias.detach().numpy().copy(), "b_out"),
+             numpy_helper.from_array(np.array([steps, 1, 1], np.int64), "repeat"),
+             numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+             numpy_helper.from_array(np.array([0, 2], np.int64), "axes02")]
+    node = helper.make_node
+    nodes = [node("Transpose", ["x"], ["xt"], perm=[1, 0, 2]),
+             node("LSTM", ["xt", "enc_W", "enc_R", "enc_B"], ["", "h", "c"], hidden_size=hidden),
+             node("Tile", ["h", "repeat"], ["code"]),
+             node("LSTM", ["code", "dec_W", "dec_R", "dec_B", "", "h", "c"], ["y", "", ""],
+                  hidden_size=hidden),
+             node("Squeeze", ["y", "axis1"], ["ys"]),
+             node("MatMul", ["ys", "w_out"], ["ym"]), node("Add", ["ym", "b_out"], ["r"]),
+             node("Sub", ["r", "xt"], ["d"]), node("Mul", ["d", "d"], ["d2"]),
+             node("ReduceMean", ["d2", "axes02"], ["e"], keepdims=0)]
+    graph = helper.make_graph(
+        nodes, "ae",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", steps, features])],
+        [helper.make_tensor_value_info("e", TensorProto.FLOAT, ["b"])], inits)
+    onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    onnx_model.ir_version = 9
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    options.log_severity_level = 3
+    session = ort.InferenceSession(onnx_model.SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+    return lambda windows: torch.from_numpy(session.run(None, {"x": windows.numpy()})[0])
+
+
 def build_variants(model: LSTMAutoencoder, threads: list[int], compile_: bool, onnx: bool,
                    ) -> dict[tuple[str, int], Errors]:
     """``(variant, threads) -> errors function``; prints what could not be built and why."""
@@ -139,7 +198,7 @@ def build_variants(model: LSTMAutoencoder, threads: list[int], compile_: bool, o
     shared: dict[str, Errors] = {
         "eager": in_inference(module),
         "fused": fused.errors,
-        "fused-py": FusedAutoencoder(model, script=False).errors,
+        "fused-script": FusedAutoencoder(model, script=True).errors,
     }
     try:
         with warnings.catch_warnings():
@@ -175,6 +234,8 @@ def build_variants(model: LSTMAutoencoder, threads: list[int], compile_: bool, o
                 variants[("onnxrt", n)] = onnx_session(module, None, n, example)
                 variants[("onnxrt-fused", n)] = onnx_session(None, functional_fused(fused), n,
                                                              example)
+                variants[("onnxrt-lstm", n)] = onnx_lstm_op(model, n)
+                variants[("onnxrt-graph", n)] = OnnxAutoencoder(model, threads=n).errors
     return variants
 
 
@@ -204,9 +265,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=0.4)
-    parser.add_argument("--batches", default="256,1024,4096,16384")
-    parser.add_argument("--threads", default="1,2")
-    parser.add_argument("--chunks", default="256,512,1024,2048,4096",
+    parser.add_argument("--batches", default="256,512,1024,2000,8192")
+    parser.add_argument("--threads", default="1")
+    parser.add_argument("--chunks", default="512,1024,2048",
                         help="FusedAutoencoder chunk sizes to sweep at the largest batch")
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--no-onnx", action="store_true")
@@ -260,10 +321,7 @@ def main() -> None:
         print(f"round {rep + 1}/{args.reps} done, load average {loadavg()}", flush=True)
 
     names = list(dict.fromkeys(name for name, _, _ in cells))
-    eager_best = max(statistics.median(v) for (name, _, _), v in results.items()
-                     if name == "eager")
-    print(f"\nwindows/s, median of {args.reps} (x: against the best eager figure, "
-          f"{eager_best:,.0f}/s)")
+    print(f"\nwindows/s, median of {args.reps} (x: against eager at the same batch and threads)")
     header = f"{'variant':<20}{'threads':>8}" + "".join(f"{b:>16}" for b in batches)
     print(header)
     print("-" * len(header))
@@ -272,8 +330,10 @@ def main() -> None:
             row = f"{name:<20}{n:>8}"
             for b in batches:
                 v = results.get((name, n, b))
-                row += (f"{statistics.median(v):>10,.0f} {statistics.median(v) / eager_best:4.2f}x"
-                        if v else f"{'-':>16}")
+                eager = results.get(("eager", n, b))
+                ratio = statistics.median(v) / statistics.median(eager) if v and eager else 0.0
+                row += f"{statistics.median(v):>10,.0f} {ratio:4.2f}x" if v else f"{'-':>16}"
+
             print(row)
     best = max(results, key=lambda cell: statistics.median(results[cell]))
     print(f"\nfastest: {best[0]} at {best[1]} thread(s), batch {best[2]}: "

@@ -1,13 +1,16 @@
-"""One daemon against two in one consumer group: combined events/s on the same topic.
+"""The daemon as processes, end to end, against the raw consume rate of the same topic.
 
-    python bench/scale_out.py [--series 1000] [--events 200] [--partitions 8]
+    python bench/scale_out.py [--series 1000] [--events 200] [--partitions 8] [--repeats 2]
 
 Starts a local tansu broker and InfluxDB, produces ``--series`` x ``--events`` keyed events on a
-``--partitions`` topic, then runs ``streamlstm run`` as 1 and as 2 processes (each in a fresh
-consumer group, the default checkpoint store in a temporary directory) and reads the group's
-committed offsets every half second. The rate is the events committed between the first and
-the last commit over that time, so start-up (torch import, the group join) is not counted.
-Both runs use the same topic, broker and store in the same session: compare the ratio.
+``--partitions`` topic, then, interleaved ``--repeats`` times, reads it with a bare
+kafka-python consumer (the baseline, no decoding) and runs ``streamlstm run`` three ways, each
+in a fresh consumer group with the default checkpoint store in a temporary directory: one
+process (``workers: 1``), one command with ``workers: 2`` (a supervisor and two worker
+processes), and two separate daemons. The daemon's rate is the events committed between the
+group's first and last commit (offsets read every half second), so start-up (torch import,
+the group join) is not counted. Everything runs on the same topic, broker and store in one
+session: compare the ratios, not the absolute rates (the machine is shared).
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ def committed(bootstrap: str, topic: str, group: str, partitions: int) -> int:
 
 
 def run(processes: int, bootstrap: str, influx_url: str, database: str, topic: str,
-        partitions: int, total: int, folder: Path) -> float:
+        partitions: int, total: int, folder: Path, workers: int = 1) -> float:
     group = unique("scale")
     config = {
         "kafka": {"bootstrap_servers": bootstrap, "topic": topic, "group_id": group,
@@ -54,6 +57,7 @@ def run(processes: int, bootstrap: str, influx_url: str, database: str, topic: s
         "checkpoint": {"directory": str(folder / group)},
         "metrics": {"host": "127.0.0.1", "port": 0},
         "log_level": "WARNING",
+        "workers": workers,
     }
     path = folder / f"{group}.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -82,26 +86,47 @@ def run(processes: int, bootstrap: str, influx_url: str, database: str, topic: s
 
 
 def main() -> None:
+    import statistics
+
+    from bench._stack import kafka_settings, raw_read
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--series", type=int, default=1_000)
     parser.add_argument("--events", type=int, default=200)
     parser.add_argument("--partitions", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
     database = unique("bench")
+    ways = {"raw kafka-python consumer": None, "1 process (workers: 1)": (1, 1),
+            "workers: 2 (one command)": (1, 2), "2 separate daemons": (2, 1)}
+    rates: dict[str, list[float]] = {name: [] for name in ways}
     with servers(True, database) as (broker, influx), tempfile.TemporaryDirectory() as tmp:
         topic = unique("scale")
         create_topic(broker.bootstrap, topic, args.partitions)
         stream = Stream(args.series)
         total = sum(produce(broker.bootstrap, topic, args.partitions,
                             stream.messages(0, args.events)).values())
-        rates = {}
-        for processes in (1, 2):
-            rates[processes] = run(processes, broker.bootstrap, influx.url, database, topic,
-                                   args.partitions, total, Path(tmp))
-            print(f"{processes} process{'es' if processes > 1 else ''}: {rates[processes]:,.0f} "
-                  f"events/s combined")
-        print(f"2 vs 1: {rates[2] / rates[1]:.2f}x on {os.cpu_count()} cores "
-              f"({args.series:,} series x {args.events} events, {args.partitions} partitions)")
+        for repeat in range(args.repeats):
+            for name, way in ways.items():
+                if way is None:
+                    window, _ = raw_read(kafka_settings(broker.bootstrap, topic,
+                                                        unique("raw")), total)
+                    rate = window.rate
+                else:
+                    processes, workers = way
+                    rate = run(processes, broker.bootstrap, influx.url, database, topic,
+                               args.partitions, total, Path(tmp), workers=workers)
+                rates[name].append(rate)
+                print(f"[{repeat + 1}/{args.repeats}] {name}: {rate:,.0f} events/s",
+                      file=sys.stderr, flush=True)
+    raw = statistics.median(rates["raw kafka-python consumer"])
+    print(f"{args.series:,} series x {args.events} events, {args.partitions} partitions, "
+          f"{os.cpu_count()} cores; median of {args.repeats} interleaved runs")
+    print(f"{'':32} {'events/s':>10} {'x raw':>7}   runs")
+    for name, values in rates.items():
+        median = statistics.median(values)
+        runs = ", ".join(f"{v:,.0f}" for v in values)
+        print(f"{name:32} {median:>10,.0f} {median / raw:>6.2f}x   {runs}")
 
 
 if __name__ == "__main__":

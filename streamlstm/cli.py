@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import logging
 import math
@@ -22,6 +23,7 @@ from typing import Any, NoReturn
 from streamlstm import __version__, logs
 from streamlstm import config as config_module
 from streamlstm.core.calibration import CalibrationSettings
+from streamlstm.core.records import Score
 from streamlstm.errors import ArtifactError, ConfigError, StreamlstmError
 
 # Pretrained on generated series only (`streamlstm train --synthetic 150 ...`, see
@@ -87,8 +89,20 @@ def _closed_pipe() -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from streamlstm import workers
+
     settings = config_module.load(args.config, os.environ)
-    logs.configure(args.log_level or settings.log_level, settings.log_format)
+    worker = workers.worker_index(os.environ)
+    logs.configure(args.log_level or settings.log_level, settings.log_format, worker=worker)
+    if worker is None and settings.workers > 1:
+        command = workers.worker_command(args.config)
+        if args.log_level:
+            command += ["--log-level", args.log_level]
+        return workers.supervise(command, settings.workers, settings.metrics.host,
+                                 settings.metrics.port, settings.metrics.request_timeout_s)
+    if worker is not None:  # the supervisor serves the configured port and asks this one
+        settings = dataclasses.replace(settings, metrics=dataclasses.replace(
+            settings.metrics, host="127.0.0.1", port=0))
     service, server = build_service(settings)
     signal.signal(signal.SIGTERM, lambda *_: service.stop())
     signal.signal(signal.SIGINT, lambda *_: service.stop())
@@ -96,6 +110,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGHUP, lambda *_: service.request_reload())
     server.start()
     log.info("metrics on http://%s:%d/metrics", settings.metrics.host, server.port)
+    workers.write_port(os.environ, server.port)
     try:
         service.run()
     finally:
@@ -136,6 +151,7 @@ def build_service(settings: config_module.Settings, registry: Any = None) -> tup
         memory_windows=settings.windows.memory_windows,
         season_s=settings.windows.season_s,
         season_periods=settings.windows.season_periods,
+        accept_after=settings.windows.accept_after,
     ), device=device, alarms=alarm_policy(settings.alarms, artifact))
     # The clock turns on the decoder's timestamp window (decoder.max_past_s / max_future_s).
     decoder = JsonDecoder(settings.decoder, artifact.feature_names, clock=time.time)
@@ -328,6 +344,13 @@ def _training_table(args: argparse.Namespace, source: str, features: list[str] |
 # ---------------------------------------------------------------- replay
 
 
+def feature_columns(score: Score | None, n_features: int) -> list[Any]:
+    """A multi-feature replay row's ``error_<feature>`` cells (empty before a window is full)."""
+    if score is None or score.feature_errors is None:
+        return [""] * n_features
+    return [_num(e) for e in score.feature_errors]
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     from streamlstm.core.evidence import KINDS
     from streamlstm.core.pipeline import Pipeline, PipelineSettings, score_points
@@ -347,7 +370,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         writer.writerow(["series", "timestamp", *(artifact.feature_names if multi else ["value"]),
                          "anomaly_score", "is_anomaly", "alarm", "error", "novelty", "threshold",
                          *(f"surprise_{kind}" for kind in KINDS),
-                         *(["top_feature"] if multi else [])])
+                         *(["top_feature", *(f"error_{name}" for name in artifact.feature_names)]
+                           if multi else [])])
         for table in tables:
             pipeline = Pipeline(artifact, PipelineSettings(stride=args.stride), alarms=alarms)
             points = table.points()
@@ -364,6 +388,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
                     *(_num(score.evidence[kind]) if score and kind in score.evidence else ""
                       for kind in KINDS),
                     *([score.top_feature or "" if score else ""] if multi else []),
+                    *(feature_columns(score, len(artifact.feature_names)) if multi else []),
                 ])
             total += len(points)
     elapsed = time.perf_counter() - started

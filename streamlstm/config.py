@@ -116,6 +116,10 @@ class WindowSettings:
     # length (0 turns the comparison off). It needs season_periods seasons in memory_windows.
     season_s: float = 86_400.0
     season_periods: int = 7
+    # Guarded learning: what a series flags is not learnt as its normal (the next, identical
+    # anomaly is flagged as the first was) until a flagged stretch has lasted this many
+    # windows; then it is accepted as the new normal (0: learn everything at once).
+    accept_after: int = 300
 
 
 @dataclass(frozen=True)
@@ -168,7 +172,7 @@ class AlarmSettings:
     changeable without retraining. Applied again to each model a hot reload brings."""
 
     threshold: float | None = None  # anomaly score in (0, 1] at or above which a window alarms
-    alarm_hold: int | None = None  # windows a series stays quiet after an alarm
+    alarm_hold: int | None = None  # quiet windows before a flagged one is a new alarm
     warmup: int | None = None  # windows a series is scored before it may score above 0
     overrides: tuple[AlarmOverrideSettings, ...] = ()
 
@@ -185,6 +189,9 @@ class Settings:
     checkpoint: CheckpointSettings = field(default_factory=CheckpointSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     alarms: AlarmSettings = field(default_factory=AlarmSettings)
+    # Daemon processes `run` starts, one consumer each in the group, behind one metrics port
+    # (streamlstm.workers); 1: this process is the daemon. About one per core.
+    workers: int = 1
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"  # any case: debug works
     # plain: "2026-11-23T10:00:00.123Z INFO name: message" (UTC); json: one object per line.
     log_format: Literal["plain", "json"] = "plain"
@@ -203,6 +210,7 @@ ENVIRONMENT_KEYS: dict[str, str] = {
     "STREAMLSTM_CHECKPOINT_STORE": "checkpoint.store",
     "STREAMLSTM_CHECKPOINT_DIRECTORY": "checkpoint.directory",
     "STREAMLSTM_ALARMS_THRESHOLD": "alarms.threshold",
+    "STREAMLSTM_WORKERS": "workers",
     "STREAMLSTM_LOG_LEVEL": "log_level",
     "STREAMLSTM_LOG_FORMAT": "log_format",
     "INFLUXDB_V2_URL": "influx.url",
@@ -237,7 +245,8 @@ _POSITIVE = {
 }
 _NON_NEGATIVE = {"decoder.max_past_s", "decoder.max_future_s",
                  "kafka.rewind_records", "metrics.port", "windows.season_s", "model.threads",
-                 "checkpoint.interval_events", "windows.max_new_series_per_poll"}
+                 "checkpoint.interval_events", "windows.max_new_series_per_poll",
+                 "windows.accept_after"}
 _NON_EMPTY = {
     "kafka.bootstrap_servers",
     "kafka.topic",
@@ -385,6 +394,8 @@ def _coerce(key: str, hint: Any, value: Any) -> Any:
 
 
 def _check_ranges(settings: Settings) -> None:
+    if not settings.workers >= 1:
+        raise ConfigError("workers", "a positive integer", settings.workers)
     for section in dataclasses.fields(settings):
         sub = getattr(settings, section.name)
         if not dataclasses.is_dataclass(sub):

@@ -49,6 +49,10 @@ MAX_SERIES_LENGTH = 256
 _UNFIT_SERIES_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 _DETAIL_CHARS = 80
+_JSON = json.JSONDecoder()
+# Names already checked by `check_series` (a daemon sees the same few thousand over and over);
+# cleared when full, so a flood of new names costs a check each, never unbounded memory.
+_CHECKED_SERIES_MAX = 65_536
 
 
 def _show(value: object) -> str:
@@ -121,11 +125,12 @@ class JsonDecoder:
         self._values_field = self.settings.values_field
         self._single = len(self.feature_names) == 1
         self._clock = clock
+        self._checked_series: set[str] = set()
 
     def decode(self, key: bytes | None, value: bytes) -> Point:
         """Decode one message; raises :class:`DecodeError` with a stable ``reason``."""
         try:
-            obj = json.loads(value.decode("utf-8"))
+            obj = _JSON.decode(value.decode("utf-8"))  # json.loads less its argument checks
         except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
             raise DecodeError(INVALID_JSON, str(exc)[:_DETAIL_CHARS]) from None
         except AttributeError:
@@ -155,7 +160,12 @@ class JsonDecoder:
                 raise DecodeError(BAD_SERIES, "message key is not UTF-8") from None
         elif type(series) is not str:
             raise DecodeError(BAD_SERIES, f"expected a string, got {_show(series)}")
-        return check_series(series)
+        checked = self._checked_series
+        if series not in checked:
+            if len(checked) >= _CHECKED_SERIES_MAX:
+                checked.clear()
+            checked.add(check_series(series))
+        return series
 
     def _timestamp(self, obj: dict[str, Any]) -> float:
         raw = obj.get(self._timestamp_field)

@@ -5,14 +5,14 @@ their published description, with window precision/recall/F1 and plots alongside
 
 The rules, for one file of ``n`` rows with labelled windows (each a run of consecutive rows):
 
-* A *detection* is a row whose ``anomaly_score >= threshold`` and with no detection in the
-  previous ``hold`` rows (the daemon's alarm hold: `streamlstm.core.calibration.alarm_rows`,
-  which is
-  what ``evaluate`` scores; with ``hold = 0`` it is every row at or above the threshold,
-  ``detections_at``). A held row is no detection and does not extend the hold. The hold runs
-  through probation too: an alarm there is not scored, but it still silences the rows after it,
-  as it would in the daemon. A row whose score is NaN (not scored yet, e.g. while a window
-  fills) is never a detection.
+* A *detection* is a row whose ``anomaly_score >= threshold`` (a flagged row) with no flagged
+  row among the ``hold`` rows before it: the first row of an incident, which lasts while
+  flagged rows come at most ``hold`` rows apart (the daemon's alarm,
+  `streamlstm.core.calibration.alarm_rows`, which is what ``evaluate`` scores; with
+  ``hold = 0`` it is every flagged row, ``detections_at``). A flagged row that is no detection
+  still extends the incident. The hold runs through probation too: a flagged row there is not
+  scored, but it still silences the rows after it, as it would in the daemon. A row whose
+  score is NaN (not scored yet, e.g. while a window fills) is never a detection.
 * The first ``min(floor(0.15 * n), 750)`` rows are the *probation* period: detections there are
   ignored, and a window with no row after probation is neither credited nor penalised.
 * A window's credit comes from its earliest detection only, at row ``i`` of a window spanning
@@ -33,13 +33,11 @@ The rules, for one file of ``n`` rows with labelled windows (each a run of conse
   window's left edge, nothing else).
 * The threshold is optimised once over the whole corpus, per profile. Without a hold this is an
   exact sweep over every distinct score (every threshold that changes the set of detections).
-  With a hold, lowering the threshold can remove detections as well as add them, so there is no
-  running sum to sweep: each candidate threshold is scored on its own (all of them together,
-  see ``_HoldSweep``). The candidates are every distinct score when there are at most
-  ``HOLD_EXACT_MAX`` of them (exact again); otherwise quantiles of the positive scores,
-  concentrated in the upper tail, and then every distinct score among the ``HOLD_REFINE``
-  nearest the best candidate, recentred until the best stops moving, so the optimum reported
-  is exact among its neighbours.
+  With a hold, lowering the threshold can remove detections as well as add them (a newly
+  flagged row can start an incident earlier), but a row is a detection exactly for the
+  thresholds in ``(gap, score]``, ``gap`` being the highest score among the ``hold`` rows before
+  it, so the outcome changes only at scores: every distinct score is tried, all together
+  (``_HoldSweep``), and this is exact too.
 
 Where this differs from NAB's code, by choice: *perfect* counts the windows that have rows after
 probation (NAB counts every labelled window; on nab-dev no window lies within probation, so the
@@ -75,17 +73,6 @@ PROBATION_FRACTION = 0.15
 PROBATION_MAX_ROWS = 750
 # A threshold above every valid score: the detector never fires. NAB's sweep starts here too.
 NEVER_FIRE = 1.1
-# With an alarm hold: the optimiser tries every distinct score when there are at most this many,
-HOLD_EXACT_MAX = 2000
-# otherwise the scores at these quantiles of the positive scores (a coarse sweep of the bulk, then
-# 400 levels towards the top, where thresholds worth having lie: the top 30% to the top 0.001%),
-HOLD_GRID_LEVELS: FloatArray = np.unique(
-    np.concatenate((np.linspace(0.0, 0.65, 14), 1.0 - 10.0 ** -np.linspace(0.5, 5.0, 400)))
-)
-# and then every distinct score among this many nearest the best of those.
-HOLD_REFINE = 200
-
-
 @dataclass(frozen=True)
 class Profile:
     """NAB application profile: weights of a true positive, a false positive, a false negative."""
@@ -389,9 +376,8 @@ def optimise_threshold(
     """The threshold maximising the corpus raw score under ``profile``, and that raw score.
 
     Detections follow the alarm rule with ``hold`` (see the module docstring). With
-    ``thresholds=None`` and no hold every distinct score is tried, plus ``NEVER_FIRE``: this is
-    exact. With a hold it is exact up to ``HOLD_EXACT_MAX`` distinct scores and exact among the
-    optimum's ``HOLD_REFINE`` nearest distinct scores beyond that. Given ``thresholds``, only
+    ``thresholds=None`` every distinct score is tried, plus ``NEVER_FIRE``: this is exact, with
+    a hold or without. Given ``thresholds``, only
     those candidates are tried. Ties go to the highest threshold (fewest alarms).
     """
     return _optimise(
@@ -440,120 +426,98 @@ def _optimise(
 class _HoldSweep:
     """The corpus outcome of the alarm rule with a hold, at many thresholds at once.
 
-    At one threshold a file's detections form a chain: its first row at or above the threshold,
-    then the first such row more than ``hold`` rows after that, and so on. Every (threshold,
-    file) pair walks its chain in step with all the others, so one step is a few numpy
-    operations over all the walkers, and a walk takes one step per alarm (at most one every
-    ``hold + 1`` rows), however many rows lie above the threshold. "The first row at or after
-    ``p`` scoring at least ``t``" takes ``log2(rows)`` lookups in a table of running maxima
-    (``table[k][i]``: the highest score of rows ``i .. i + 2**k - 1``), which skip the longest
-    run of rows below ``t`` from ``p`` by halving jumps.
+    A row is a detection at threshold ``t`` when its score reaches ``t`` and no row among the
+    ``hold`` before it (in its file) does, i.e. when ``gap < t <= score`` with ``gap`` the
+    highest score of those rows: each row detects over an interval of thresholds that does not
+    depend on the other detections. So the false-positive cost at every threshold is a
+    difference of two running sums over rows sorted by ``score`` and by ``gap``, and a window's
+    credit (from its earliest detection) is found for a block of thresholds at once from a
+    ``[thresholds, rows in windows]`` mask.
 
-    What a walk finds is kept as sums that do not depend on the profile (credit and FP factors,
-    windows hit), so the three profiles share every walk; the results are cached by threshold.
+    What is found is kept as sums that do not depend on the profile (credit and FP factors,
+    windows hit), so the three profiles share it; the results are cached by threshold.
     """
 
-    # Recentring the refinement stops after this many moves (it converges long before).
-    MAX_REFINE_ROUNDS = 20
+    # Thresholds per block of the window mask.
+    BLOCK = 64
 
     def __init__(
         self, series_list: Sequence[ScoredSeries], layouts: Sequence[_Layout], hold: int
     ) -> None:
         self.hold = hold
-        sizes = [layout.n_rows for layout in layouts]
-        self._starts = np.concatenate(([0], np.cumsum(sizes, dtype=np.int64)))
-        total = int(self._starts[-1])
-        # The files end to end, then one row at or above every threshold, so no search runs off
-        # the end. A search that finds nothing in its file stops at or beyond the file's end,
-        # which jumps of 1, 2, 4, ... up to the longest file's length always reach.
-        scores = np.concatenate([*(s.scores for s in series_list), [np.inf]])
-        valid = scores[:total][~np.isnan(scores[:total])]
-        scores[np.isnan(scores)] = -np.inf
-        self._table = [scores]
-        while len(self._table) < max(sizes, default=0).bit_length():
-            below, width = self._table[-1], 1 << (len(self._table) - 1)
-            level = np.full_like(below, np.inf)
-            level[:-width] = np.maximum(below[:-width], below[width:])
-            self._table.append(level)
-
-        factor, window, live = [np.zeros(1)], [np.full(1, -1, np.int64)], [np.zeros(1, np.bool_)]
+        scores, gaps, factor, window, live = [], [], [], [], []
         windows_before = 0
         self.n_windows = 0
-        for layout in layouts:
-            factor.insert(-1, layout.factor)
-            ids = np.where(layout.window_of_row >= 0, layout.window_of_row + windows_before, -1)
-            window.insert(-1, ids)
-            live.insert(-1, np.arange(layout.n_rows) >= layout.probation)
+        for series, layout in zip(series_list, layouts, strict=True):
+            file_scores = np.nan_to_num(np.asarray(series.scores, np.float64), nan=-np.inf)
+            # gap[i]: the highest score among the hold rows before row i (-inf: none)
+            gap = np.full(len(file_scores), -np.inf)
+            if hold and len(file_scores):
+                padded = np.concatenate((np.full(hold, -np.inf), file_scores))
+                gap = np.lib.stride_tricks.sliding_window_view(padded[:-1], hold).max(axis=1)
+            scores.append(file_scores)
+            gaps.append(gap)
+            factor.append(layout.factor)
+            window.append(np.where(layout.window_of_row >= 0,
+                                   layout.window_of_row + windows_before, -1))
+            live.append(np.arange(layout.n_rows) >= layout.probation)
             windows_before += len(layout.bounds)
             self.n_windows += int(np.count_nonzero(layout.scored_windows))
-        self._factor = np.concatenate(factor)
-        self._window = np.concatenate(window)
-        self._live = np.concatenate(live)
-
+        score = np.concatenate([*scores, np.zeros(0)])
+        gap = np.concatenate([*gaps, np.zeros(0)])
+        valid = score[np.isfinite(score)]
+        # The rows some threshold makes a detection (after probation).
+        rows = np.flatnonzero(np.concatenate([*live, np.zeros(0, np.bool_)]) & (score > gap))
+        all_factor = np.concatenate([*factor, np.zeros(0)])
+        all_window = np.concatenate([*window, np.zeros(0, np.int64)])
+        outside = rows[all_window[rows] < 0]
+        # cost(t) = sum of factor over outside rows with gap < t <= score
+        #         = (sum where score >= t) - (sum where gap >= t), as gap < score there.
+        self._by_score = self._running(score[outside], all_factor[outside])
+        self._by_gap = self._running(gap[outside], all_factor[outside])
+        inside = rows[all_window[rows] >= 0]  # in row order, so a window's rows are together
+        self._in_score, self._in_gap = score[inside], gap[inside]
+        self._in_factor = all_factor[inside]
+        ids = all_window[inside]
+        self._group_starts = np.flatnonzero(np.concatenate(([True], ids[1:] != ids[:-1]))) \
+            if ids.size else np.zeros(0, np.int64)
         self._distinct = np.unique(valid)
-        self._positive = valid[valid > 0.0]
         # threshold -> (credit factor sum, FP factor sum, windows hit), over the corpus
         self._cache: dict[float, tuple[float, float, int]] = {}
 
+    @staticmethod
+    def _running(keys: FloatArray, values: FloatArray) -> tuple[FloatArray, FloatArray]:
+        """Sorted ``keys`` and, at each position, the sum of ``values`` from there on."""
+        order = np.argsort(keys, kind="stable")
+        suffix = np.concatenate((np.cumsum(values[order][::-1])[::-1], [0.0]))
+        return keys[order], suffix
+
+    @staticmethod
+    def _at_least(running: tuple[FloatArray, FloatArray], t: FloatArray) -> FloatArray:
+        keys, suffix = running
+        return np.asarray(suffix[np.searchsorted(keys, t, side="left")], np.float64)
+
     def _walk(self, thresholds: FloatArray) -> None:
-        """Walk every file's alarm chain at each of ``thresholds``; cache the outcomes."""
-        n_files = self._starts.size - 1
-        owner = np.repeat(np.arange(thresholds.size), n_files)  # walker -> its threshold
-        files = np.tile(np.arange(n_files), thresholds.size)
-        credit = np.zeros(owner.size)
-        cost = np.zeros(owner.size)
-        hits = np.zeros(owner.size, dtype=np.int64)
-
-        walker = np.flatnonzero(self._starts[files] < self._starts[files + 1])
-        pos = self._starts[files[walker]]
-        end = self._starts[files[walker] + 1]
-        level = thresholds[owner[walker]]
-        last = np.full(walker.size, -1, dtype=np.int64)  # the last window each walker hit
-        while walker.size:
-            at = pos
-            # Where thresholds are low, the row itself often alarms: search only the others.
-            search = np.flatnonzero(self._table[0][pos] < level)
-            if search.size:
-                find, below = pos[search], level[search]
-                for k in range(len(self._table) - 1, -1, -1):
-                    find = find + (self._table[k][find] < below) * (1 << k)
-                at = pos.copy()
-                at[search] = find
-            found = at < end
-            if not found.all():
-                walker, at, end, level, last = (
-                    walker[found],
-                    at[found],
-                    end[found],
-                    level[found],
-                    last[found],
-                )
-            window = self._window[at]
-            live = self._live[at]
-            false = live & (window < 0)
-            cost[walker[false]] += self._factor[at[false]]
-            first = live & (window >= 0) & (window != last)  # the window's earliest detection
-            credit[walker[first]] += self._factor[at[first]]
-            hits[walker[first]] += 1
-            last = np.where(first, window, last)
-            pos = at + (self.hold + 1)
-            going = pos < end
-            walker, pos, end, level, last = (
-                walker[going],
-                pos[going],
-                end[going],
-                level[going],
-                last[going],
-            )
-
-        size = thresholds.size
-        sums = zip(
-            np.bincount(owner, credit, size).tolist(),
-            np.bincount(owner, cost, size).tolist(),
-            np.bincount(owner, hits, size).astype(np.int64).tolist(),
-            strict=True,
-        )
-        for threshold, outcome in zip(thresholds.tolist(), sums, strict=True):
+        """The outcome at each of ``thresholds``; cached."""
+        cost = self._at_least(self._by_score, thresholds) - self._at_least(self._by_gap,
+                                                                           thresholds)
+        credit = np.zeros(thresholds.size)
+        hits = np.zeros(thresholds.size, np.int64)
+        n_inside = self._in_score.size
+        if n_inside:
+            index = np.arange(n_inside)
+            ends = np.append(self._group_starts[1:], n_inside)
+            for start in range(0, thresholds.size, self.BLOCK):
+                t = thresholds[start : start + self.BLOCK, None]
+                detects = (self._in_gap < t) & (t <= self._in_score)  # [T, rows in windows]
+                first = np.minimum.reduceat(np.where(detects, index, n_inside),
+                                            self._group_starts, axis=1)
+                found = first < ends
+                factor = np.where(found, self._in_factor[np.minimum(first, n_inside - 1)], 0.0)
+                credit[start : start + self.BLOCK] = factor.sum(axis=1)
+                hits[start : start + self.BLOCK] = found.sum(axis=1)
+        for threshold, outcome in zip(thresholds.tolist(), zip(
+                credit.tolist(), cost.tolist(), hits.tolist(), strict=True), strict=True):
             self._cache[threshold] = outcome
 
     def raws(self, profile: Profile, thresholds: FloatArray) -> FloatArray:
@@ -576,25 +540,8 @@ class _HoldSweep:
         return float(candidates[at]), float(raws[at])
 
     def search(self, profile: Profile) -> tuple[float, float]:
-        """The optimiser without given thresholds (see ``optimise_threshold``)."""
-        distinct = self._distinct
-        if distinct.size <= HOLD_EXACT_MAX:
-            return self.best(profile, np.append(distinct, NEVER_FIRE))
-        grid = np.quantile(self._positive, HOLD_GRID_LEVELS, method="inverted_cdf")
-        # With the extremes: the lowest score fires on every scored row (as often as the hold
-        # lets it), which a costly enough miss can make worth it.
-        tried = np.unique(np.concatenate((grid, [distinct[0], distinct[-1], NEVER_FIRE])))
-        threshold, raw = self.best(profile, tried)
-        for _ in range(self.MAX_REFINE_ROUNDS):
-            # The HOLD_REFINE distinct scores nearest the best (the top ones for NEVER_FIRE).
-            at = int(np.searchsorted(distinct, threshold))
-            low = max(min(at - HOLD_REFINE // 2, distinct.size - HOLD_REFINE), 0)
-            tried = np.union1d(tried, distinct[low : low + HOLD_REFINE])
-            moved, raw = self.best(profile, tried)
-            if moved == threshold:
-                break
-            threshold = moved
-        return threshold, raw
+        """The optimiser without given thresholds (see ``optimise_threshold``): exact."""
+        return self.best(profile, np.append(self._distinct, NEVER_FIRE))
 
 
 def _ratio(numerator: int, denominator: int) -> float:

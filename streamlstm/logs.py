@@ -21,10 +21,12 @@ def utc_iso(created: float) -> str:
 
 
 class PlainFormatter(logging.Formatter):
-    """``2026-11-23T10:00:00.123Z INFO streamlstm.service: message``."""
+    """``2026-11-23T10:00:00.123Z INFO streamlstm.service: message`` (``INFO worker 1
+    streamlstm.service`` in a supervised worker)."""
 
-    def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    def __init__(self, worker: int | None = None) -> None:
+        who = "" if worker is None else f"worker {worker} "
+        super().__init__(f"%(asctime)s %(levelname)s {who}%(name)s: %(message)s")
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         return utc_iso(record.created)
@@ -32,15 +34,22 @@ class PlainFormatter(logging.Formatter):
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: ``time`` (UTC ISO-8601), ``level``, ``logger``, ``message``
-    and, when there is one, ``exception`` (the traceback as one string)."""
+    and, when there is one, ``exception`` (the traceback as one string); ``worker`` in a
+    supervised worker."""
+
+    def __init__(self, worker: int | None = None) -> None:
+        super().__init__()
+        self.worker = worker
 
     def format(self, record: logging.LogRecord) -> str:
-        entry = {
+        entry: dict[str, object] = {
             "time": utc_iso(record.created),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
         }
+        if self.worker is not None:
+            entry["worker"] = self.worker
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)
@@ -59,8 +68,9 @@ class _Handler(logging.StreamHandler):
         pass  # always sys.stderr
 
 
-def configure(level: str = "INFO", fmt: str = "plain") -> None:
-    """Send records at ``level`` and above to stderr in ``fmt`` (``plain`` or ``json``).
+def configure(level: str = "INFO", fmt: str = "plain", worker: int | None = None) -> None:
+    """Send records at ``level`` and above to stderr in ``fmt`` (``plain`` or ``json``),
+    naming ``worker`` in each when given (`streamlstm.workers`).
 
     kafka-python's own records are shown only at DEBUG: it logs every reconnect attempt,
     and the failure that matters reaches the user as one line from streamlstm itself.
@@ -69,7 +79,7 @@ def configure(level: str = "INFO", fmt: str = "plain") -> None:
     for handler in [h for h in root.handlers if isinstance(h, _Handler)]:
         root.removeHandler(handler)
     handler = _Handler()
-    handler.setFormatter(JsonFormatter() if fmt == "json" else PlainFormatter())
+    handler.setFormatter(JsonFormatter(worker) if fmt == "json" else PlainFormatter(worker))
     root.addHandler(handler)
     root.setLevel(level.upper())
     kafka_level = logging.DEBUG if level.upper() == "DEBUG" else logging.CRITICAL + 1

@@ -119,8 +119,14 @@ class Metrics:
         )
         self.alarms = Counter(
             "streamlstm_alarms_total",
-            "Alarms: the first flagged event of an incident (a series alarms again once its "
-            "last alarm is more than alarm_hold windows back).",
+            "Alarms: the first flagged event of an incident (a series alarms again after "
+            "alarm_hold windows in a row were not flagged).",
+            registry=registry,
+        )
+        self.changes_accepted = Counter(
+            "streamlstm_changes_accepted_total",
+            "Lasting changes accepted as a series' new normal: flagged stretches that lasted "
+            "windows.accept_after windows, after which the series learns them again.",
             registry=registry,
         )
         self.threshold = Gauge(

@@ -240,6 +240,7 @@ class Service:
             self.metrics.batch_windows.observe(result.windows)
         self.metrics.series_evicted.labels(reason="idle").inc(result.evicted_idle)
         self.metrics.series_evicted.labels(reason="capacity").inc(result.evicted_capacity)
+        self.metrics.changes_accepted.inc(result.changes_accepted)
         self._dead_letter(rejected, logged=len(polled.rejected))  # the source logs its own
         live = sum(1 for r in records if not r.warmup)
         log.debug("poll: %d live, %d warm-up, %d rejected, %d scored", live,

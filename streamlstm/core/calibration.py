@@ -78,7 +78,8 @@ class CalibrationSettings:
     seasonal_history: int = 800
     warmup: int = 200  # windows a series must have been scored before it scores above 0
     threshold: float = 0.25  # anomaly_score at or above which a window alarms
-    alarm_hold: int = 100  # after an alarm the series stays quiet for this many windows
+    # A new incident (an alarm) starts after this many windows in a row were not flagged.
+    alarm_hold: int = 30
 
     def __post_init__(self) -> None:
         if not 0.0 < self.tail_fraction < 1.0 or not 0.0 < self.error_tail_fraction < 1.0:
@@ -119,6 +120,19 @@ def kind_calibration(settings: CalibrationSettings, name: str, log_domain: bool 
         settings.tail_fraction if tail_fraction is None else tail_fraction,
         settings.history if history is None else history,
         settings.warmup if warmup is None else warmup)
+
+
+@dataclass(frozen=True)
+class PendingValues:
+    """What `CalibratorBank.score` read for a round, for `CalibratorBank.learn`."""
+
+    slots: np.ndarray
+    present: np.ndarray  # [n, K] values to learn (finite)
+    g: np.ndarray  # [n, K] the values in the calibrated domain
+    hist: np.ndarray  # the state read, updated in place by learning
+    over: np.ndarray
+    grid: np.ndarray
+    n: np.ndarray
 
 
 class CalibratorBank:
@@ -194,6 +208,15 @@ class CalibratorBank:
     def score_then_learn(self, slots: np.ndarray, values: np.ndarray) -> np.ndarray:
         """Surprise ``[n, K]`` of each value before it is learnt; NaN where the kind is warming
         up or the value is NaN (no evidence, which is not learnt either)."""
+        surprise, pending = self.score(slots, values)
+        self.learn(pending)
+        return surprise
+
+    def score(self, slots: np.ndarray, values: np.ndarray,
+              ) -> tuple[np.ndarray, PendingValues]:
+        """`score_then_learn` in two steps: the surprises, and what `learn` needs to learn
+        the values afterwards (the state of ``slots`` must not change in between), so that
+        the caller can decide from the surprises how much each value weighs."""
         present = np.isfinite(values)
         # Anything beyond MAX_VALUE is as surprising as MAX_VALUE, and keeps the sums finite.
         values = np.minimum(np.where(present, values, 1.0), MAX_VALUE)
@@ -205,8 +228,16 @@ class CalibratorBank:
         surprise = self._surprise(hist.astype(np.float64), over, _standardise(g[..., None], grid),
                                   n)
         surprise = np.where(present & (n >= self._warmup_of(slots)), surprise, np.nan)
-        self._learn(slots, present, g, hist, over, grid, n)
-        return surprise
+        return surprise, PendingValues(slots, present, g, hist, over, grid, n)
+
+    def learn(self, pending: PendingValues, weight: np.ndarray | None = None) -> None:
+        """Learn the values `score` scored, each series' at ``weight`` ``[n]`` in [0, 1] times
+        its usual weight (None: 1); a value at weight 0 is not learnt at all (nor counted)."""
+        p = pending
+        present = p.present
+        if weight is not None:
+            present = present & (weight > 0)[:, None]
+        self._learn(p.slots, present, p.g, p.hist, p.over, p.grid, p.n, weight)
 
     def _surprise(self, hist: np.ndarray, over: np.ndarray, z: np.ndarray,
                   n: np.ndarray) -> np.ndarray:
@@ -276,10 +307,13 @@ class CalibratorBank:
         return np.maximum(excess / np.maximum(tail, _TINY), 1e-6)
 
     def _learn(self, slots: np.ndarray, present: np.ndarray, g: np.ndarray, hist: np.ndarray,
-               over: np.ndarray, grid: np.ndarray, n: np.ndarray) -> None:
+               over: np.ndarray, grid: np.ndarray, n: np.ndarray,
+               scale: np.ndarray | None = None) -> None:
         mean, var = self.mean[slots], self.var[slots]
         n_new = n + present
         weight = np.maximum(1.0 / np.maximum(n_new, 1)[..., None], self._rates)  # [n, K, H]
+        if scale is not None:
+            weight = weight * np.minimum(scale, 1.0)[:, None, None]
         weight = np.where(present[..., None], weight, 0.0)
         first = ((n == 0) & present)[..., None]
         value = g[..., None]
@@ -304,10 +338,9 @@ class CalibratorBank:
             flat_over = over.reshape(-1)
             flat_grid = grid.reshape(-1, 2)
             new = np.stack([mean.reshape(-1)[rows], sd.reshape(-1)[rows]], axis=1)
-            for row, target in zip(rows.tolist(), new, strict=True):
-                flat_hist[row], flat_over[row] = _regrid(
-                    flat_hist[row].astype(np.float64), flat_over[row], flat_grid[row], target)
-                flat_grid[row] = target
+            flat_hist[rows], flat_over[rows] = _regrid(
+                flat_hist[rows].astype(np.float64), flat_over[rows], flat_grid[rows], new)
+            flat_grid[rows] = new
         z = np.minimum(np.maximum(_standardise(value, grid), -Z_CAP), Z_CAP)
         hist *= (1.0 - weight)[..., None].astype(np.float32)
         b = self._bin_of(z)
@@ -333,36 +366,55 @@ def _standardise(g: np.ndarray, grid: np.ndarray) -> np.ndarray:
                     np.sign(offset) * 4 * Z_CAP)
 
 
-def _regrid(hist: np.ndarray, over: float, old: np.ndarray, new: np.ndarray,
-            ) -> tuple[np.ndarray, float]:
-    """Move one histogram ``[B+2]`` from grid ``old`` to ``new`` (centre, width): the mass
-    uniform within each bin, the outer bins' mass at a point (below the grid, and the mean of
-    what lay above it)."""
-    if old[1] <= 0:  # everything so far was one value, at the old centre
-        point = (old[0] - new[0]) / new[1]
-        out = np.zeros(BINS + 2)
-        out[CalibratorBank._bin_of(np.array(point))] = hist.sum()
-        return out, float(np.clip(point, -Z_CAP, Z_CAP))
-    # The new edges, in the old grid's units.
-    edges = (new[0] + new[1] * _EDGES - old[0]) / old[1]
-    inner = np.concatenate([[0.0], np.cumsum(hist[1 : BINS + 1])])
-    below_at = Z_LOW - _WIDTH / 2
-    cdf = np.interp(edges, _EDGES, inner) + hist[0] * (edges >= below_at) + hist[BINS + 1] * (
-        edges >= over)
-    total = hist.sum()
-    out = np.empty(BINS + 2)
-    out[0] = cdf[0]
-    out[1 : BINS + 1] = np.diff(cdf)
-    out[BINS + 1] = total - cdf[-1]
-    # What lies above the new grid: the old top point if it does, and the old bins' mass above
-    # the new top edge at the middle of that stretch.
-    above_inner = inner[-1] - np.interp(edges[-1], _EDGES, inner)
-    top_point = hist[BINS + 1] if over >= edges[-1] else 0.0
-    mid = (max(edges[-1], Z_LOW) + Z_HIGH) / 2
-    mass = above_inner + top_point
-    mean_old = ((above_inner * mid + top_point * over) / mass) if mass > 0 else Z_HIGH
-    mean_new = (old[0] + old[1] * mean_old - new[0]) / new[1]
-    return np.maximum(out, 0.0), float(np.clip(mean_new, Z_HIGH, Z_CAP * 4))
+def _interp_edges(x: np.ndarray, inner: np.ndarray) -> np.ndarray:
+    """``np.interp(x, _EDGES, inner)`` row by row (``x`` ``[r, m]``, ``inner`` ``[r, B+1]``):
+    the edges are evenly spaced, so a value's bin is arithmetic, not a search."""
+    at = (np.clip(x, Z_LOW, Z_HIGH) - Z_LOW) / _WIDTH
+    i = np.minimum(np.floor(at).astype(np.int64), BINS - 1)
+    lo = np.take_along_axis(inner, i, axis=1)
+    return lo + (at - i) * (np.take_along_axis(inner, i + 1, axis=1) - lo)
+
+
+def _regrid(hist: np.ndarray, over: np.ndarray, old: np.ndarray, new: np.ndarray,
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """Move histograms ``[r, B+2]`` from grids ``old`` to ``new`` ``[r, 2]`` (centre, width):
+    the mass uniform within each bin, the outer bins' mass at a point (below the grid, and
+    ``over``, the mean of what lay above it). Returns the new histograms and ``over``."""
+    out = np.empty((len(hist), BINS + 2))
+    over_out = np.empty(len(hist))
+    point = old[:, 1] <= 0  # everything so far was one value, at the old centre
+    if point.any():
+        at = (old[point, 0] - new[point, 0]) / new[point, 1]
+        moved = np.zeros((len(at), BINS + 2))
+        moved[np.arange(len(at)), CalibratorBank._bin_of(at)] = hist[point].sum(axis=1)
+        out[point] = moved
+        over_out[point] = np.clip(at, -Z_CAP, Z_CAP)
+    spread = ~point
+    if spread.any():
+        h, top, was, now = hist[spread], over[spread], old[spread], new[spread]
+        # The new edges, in the old grid's units.
+        edges = (now[:, :1] + now[:, 1:] * _EDGES - was[:, :1]) / was[:, 1:]
+        inner = np.concatenate([np.zeros((len(h), 1)), np.cumsum(h[:, 1 : BINS + 1], axis=1)],
+                               axis=1)
+        below_at = Z_LOW - _WIDTH / 2
+        cdf = (_interp_edges(edges, inner) + h[:, :1] * (edges >= below_at)
+               + h[:, BINS + 1 :] * (edges >= top[:, None]))
+        moved = np.empty((len(h), BINS + 2))
+        moved[:, 0] = cdf[:, 0]
+        moved[:, 1 : BINS + 1] = np.diff(cdf, axis=1)
+        moved[:, BINS + 1] = h.sum(axis=1) - cdf[:, -1]
+        # What lies above the new grid: the old top point if it does, and the old bins' mass
+        # above the new top edge at the middle of that stretch.
+        above_inner = inner[:, -1] - _interp_edges(edges[:, -1:], inner)[:, 0]
+        top_point = np.where(top >= edges[:, -1], h[:, BINS + 1], 0.0)
+        mid = (np.maximum(edges[:, -1], Z_LOW) + Z_HIGH) / 2
+        mass = above_inner + top_point
+        mean_old = np.where(mass > 0, (above_inner * mid + top_point * top)
+                            / np.where(mass > 0, mass, 1.0), Z_HIGH)
+        mean_new = (was[:, 0] + was[:, 1] * mean_old - now[:, 0]) / now[:, 1]
+        out[spread] = np.maximum(moved, 0.0)
+        over_out[spread] = np.clip(mean_new, Z_HIGH, Z_CAP * 4)
+    return out, over_out
 
 
 def combined_surprise(surprises: npt.ArrayLike) -> np.ndarray:
@@ -461,8 +513,9 @@ class SeriesRules:
 
 
 class AlarmState:
-    """Per slot: windows since the last alarm; the rule of `alarm_rows`, vectorised, with
-    each series' threshold and hold taken from its rule (`SeriesRules`; one rule without)."""
+    """Per slot: windows since the last flagged one; the rule of `alarm_rows`, vectorised,
+    with each series' threshold and hold taken from its rule (`SeriesRules`; one rule
+    without)."""
 
     def __init__(self, registry: SeriesRegistry, threshold: float, hold: int,
                  rules: SeriesRules | None = None) -> None:
@@ -498,27 +551,25 @@ class AlarmState:
         since = self.since[slots]
         counting = since >= 0
         since = np.where(counting, since + 1, since)
-        held = counting & (since <= self.holds[rule])
-        alarm = (scores >= self.thresholds[rule]) & ~held
-        self.since[slots] = np.where(alarm, 0, since)
+        flagged = scores >= self.thresholds[rule]
+        alarm = flagged & ~(counting & (since <= self.holds[rule]))  # a new incident
+        self.since[slots] = np.where(flagged, 0, since)
         return alarm
 
 
 def alarm_rows(scores: npt.ArrayLike, threshold: float, hold: int = 0) -> npt.NDArray[np.bool_]:
     """The alarm rule on each row of one series' ``scores`` (NaN never alarms): a row alarms
-    when its score reaches ``threshold`` and the last alarm is more than ``hold`` rows back.
+    when its score reaches ``threshold`` (it is flagged) and none of the ``hold`` rows before it
+    is flagged: the first flagged row of an incident, which lasts while flagged rows come less
+    than ``hold`` + 1 rows apart.
 
     The hold counts rows, so give one row per scored window, as the pipeline does.
     """
     values = np.nan_to_num(np.asarray(scores, dtype=np.float64), nan=-np.inf)
-    out = np.zeros(len(values), dtype=np.bool_)
-    candidates = np.flatnonzero(values >= threshold)
+    flagged = values >= threshold
     if hold <= 0:
-        out[candidates] = True
-        return out
-    last = -hold - 1
-    for row in candidates.tolist():
-        if row - last > hold:
-            out[row] = True
-            last = row
-    return out
+        return flagged
+    seen = np.concatenate(([0], np.cumsum(flagged)))  # seen[i]: flagged rows before row i
+    rows = np.arange(len(values))
+    before = seen[rows] - seen[np.maximum(rows - hold, 0)]  # flagged among the hold rows before
+    return np.asarray(flagged & (before == 0), dtype=np.bool_)

@@ -7,12 +7,14 @@ every remembered past window that does not overlap it (not centred, so a new lev
 units of the series' spread. The same distances, read at the lags of one and several periods,
 answer the seasonal question: how far is this window from the same time on earlier days?
 
-Nothing is shifted or re-scanned. Per series the ring holds ``capacity + 2 W`` values and, for
-each lag ``d`` (``W <= d < W + capacity``), ``E[d] = |P_d|^2 - 2 P_d . T``, where ``T`` is the
-newest window and ``P_d`` the window ending ``d`` values earlier, so that
-``|P_d - T|^2 = E[d] + |T|^2``. When a value ``x[m]`` arrives both windows slide by one and every
-lag is updated in place, as streaming matrix-profile methods update their sliding dot products
-(STAMPI; Yeh et al., ICDM 2016):
+Nothing is re-scanned. Per series the ring holds ``capacity + 2 W`` values, newest first in a
+buffer with some slack at its start, so that a series' values from the newest back are one
+contiguous slice whatever its position (the buffer is shifted once every slack values, when its
+start is reached), and, for each lag ``d`` (``W <= d < W + capacity``),
+``E[d] = |P_d|^2 - 2 P_d . T``, where ``T`` is the newest window and ``P_d`` the window
+ending ``d`` values earlier, so that ``|P_d - T|^2 = E[d] + |T|^2``. When a value ``x[m]``
+arrives both windows slide by one and every lag is updated in place, as streaming
+matrix-profile methods update their sliding dot products (STAMPI; Yeh et al., ICDM 2016):
 
     E[d] += a (a - 2 x[m]) - b (b - 2 x[m - W])    with a = x[m - d], b = x[m - d - W]
 
@@ -30,9 +32,8 @@ series at once.
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
+import torch
 
 from streamlstm.core.state import SeriesRegistry
 
@@ -44,13 +45,14 @@ MAX_UNITS = 60_000.0
 UNIT_PERCENTILE = 90
 # Series per pass: the arrays of one pass stay in the CPU cache.
 CHUNK = 64
+# Guarded intervals held per series, and the stop of one still open.
+GUARDS = 4
+GUARD_OPEN = 2**62
 
 
-@functools.lru_cache(maxsize=8)
-def _newest_first(size: int) -> np.ndarray:
-    """``[pos, k]``: the ring index of the value ``k`` steps before the one at ``pos``."""
-    steps = np.arange(size)
-    return (steps[:, None] - steps) % size
+def _float32(values: np.ndarray) -> np.ndarray:
+    """``values`` (float16) as float32: exact either way, but torch converts ~10x faster."""
+    return torch.from_numpy(np.ascontiguousarray(values)).to(torch.float32).numpy()
 
 
 class WindowMemory:
@@ -61,15 +63,27 @@ class WindowMemory:
         self.window = window
         self.capacity = capacity
         self.size = capacity + 2 * window
-        self.values = registry.add(f"{prefix}.values", (self.size, n_features), np.float16)
+        self.slack = max(16, self.size // 8)
+        # Newest first: the values from the newest back are ``values[slot, pos : pos + size]``.
+        self.values = registry.add(f"{prefix}.values", (self.size + self.slack, n_features),
+                                   np.float16)
         self.terms = registry.add(f"{prefix}.terms", (capacity, n_features), np.float32)
         self.pos = registry.add(f"{prefix}.pos", (), np.int64)  # where the newest value is
         self.held = registry.add(f"{prefix}.held", (), np.int64)  # values held, up to size
         self.ref = registry.add(f"{prefix}.ref", (n_features,), np.float64)
         self.unit = registry.add(f"{prefix}.unit", (n_features,), np.float64)
         self.age = registry.add(f"{prefix}.age", (), np.int64)  # values since the last refresh
-        self._flat = self.values.reshape(-1, n_features)
-        self._order = _newest_first(self.size)
+        # Guarded stretches (see `streamlstm.core.guard`): values appended so far, and per
+        # slot up to GUARDS intervals [start, stop) of those counts whose windows count as not
+        # remembered; an open interval's stop is GUARD_OPEN, its last flagged value + 1 kept
+        # in guard_last until it closes.
+        self.count = registry.add(f"{prefix}.count", (), np.int64)
+        self.guards = registry.add(f"{prefix}.guards", (GUARDS, 2), np.int64)
+        self.guard_next = registry.add(f"{prefix}.guard_next", (), np.int64)
+        self.guard_last = registry.add(f"{prefix}.guard_last", (), np.int64)
+        # _rings[slot, pos] ([F, size], a view) is the ring of a slot whose newest value is at
+        # pos.
+        self._rings = np.lib.stride_tricks.sliding_window_view(self.values, self.size, axis=1)
         self._steps = np.arange(self.size)
         registry.on_allocate(self._stagger)
         self._seed = registry.seed
@@ -85,7 +99,13 @@ class WindowMemory:
         if first.any():
             self.ref[slots[first]] = values[first]
             self.unit[slots[first]] = 1.0
-        pos = (self.pos[slots] + 1) % self.size
+        pos = self.pos[slots]
+        full = pos == 0
+        if full.any():  # the buffer's start is reached: the newest size - 1 values move up
+            moved = slots[full]
+            self.values[moved, self.slack + 1 :] = self.values[moved, : self.size - 1]
+            pos[full] = self.slack + 1
+        pos -= 1
         self.pos[slots] = pos
         unit = self.unit[slots]
         self.values[slots, pos] = np.clip((values - self.ref[slots]) / unit, -MAX_UNITS,
@@ -101,8 +121,7 @@ class WindowMemory:
         for start in range(0, len(slots), CHUNK):
             part = slice(start, start + CHUNK)
             s = slots[part]
-            index = self._order[pos[part]] + (s * self.size)[:, None]
-            ring = self._flat[index].astype(np.float32)  # [n, size, F]: ring[:, k] = x[m - k]
+            ring = _float32(self._rings[s, pos[part]].transpose(0, 2, 1))  # ring[:, k] = x[m - k]
             newest[part] = ring[:, :w]
             if not c:
                 continue
@@ -118,11 +137,11 @@ class WindowMemory:
             self.terms[s] = terms
             refresh = due[part]
             if refresh.any():
-                moved = self._refresh(s[refresh], ring[refresh], index[refresh])
+                moved = self._refresh(s[refresh], pos[part][refresh], ring[refresh])
                 newest[np.flatnonzero(refresh) + start] = moved[:, :w]
         return newest * self.unit[slots][:, None, :]
 
-    def _refresh(self, slots: np.ndarray, ring: np.ndarray, index: np.ndarray) -> np.ndarray:
+    def _refresh(self, slots: np.ndarray, pos: np.ndarray, ring: np.ndarray) -> np.ndarray:
         """Move the reference to the newest value and the unit to the held values' root mean
         square about it, re-store the ring and recompute ``E`` exactly."""
         held = self.held[slots]
@@ -138,8 +157,9 @@ class WindowMemory:
         self.ref[slots] += ring[:, 0].astype(np.float64) * unit
         self.unit[slots] = new_unit
         stored = np.clip(about / new_unit[:, None, :], -MAX_UNITS, MAX_UNITS).astype(np.float16)
-        self._flat[index] = stored
-        moved = stored.astype(np.float32)
+        for slot, at, row in zip(slots.tolist(), pos.tolist(), stored, strict=True):
+            self.values[slot, at : at + self.size] = row
+        moved = _float32(stored)
         w, c = self.window, self.capacity
         past = np.lib.stride_tricks.sliding_window_view(moved[:, w : 2 * w + c - 1], w, axis=1)
         # past[:, i, f, k] = x[m - (w + i) - k]: the window at lag w + i, newest first.
@@ -159,23 +179,81 @@ class WindowMemory:
         # (an exactly repeating series), not a difference: it counts as none.
         floor = (NOISE_FLOOR * (own * weight).sum(axis=1, keepdims=True)).astype(np.float32)
         out = np.empty((len(slots), c), np.float32)
+        held = self.held[slots]
+        # Windows not (fully) remembered yet: those at columns past ``last`` (inf).
+        last = np.where(held < c + 2 * w, held - 2 * w, c)
+        columns = np.arange(c)
         for start in range(0, len(slots), CHUNK):
             part = slice(start, start + CHUNK)
-            terms = self.terms[slots[part]]
-            if terms.shape[2] == 1:
-                d2 = terms[:, :, 0]
+            d2 = out[part]
+            if self.terms.shape[2] == 1:
+                np.take(self.terms[:, :, 0], slots[part], axis=0, out=d2)
                 d2 += own[part].astype(np.float32)
                 d2 *= weight[part].astype(np.float32)
             else:
-                d2 = ((terms + own[part, None, :]) * weight[part, None, :]).sum(axis=2,
-                                                                             dtype=np.float32)
-            d2[d2 <= floor[part]] = 0.0
-            out[part] = d2
-        young = self.held[slots] < c + 2 * w
-        if young.any():  # windows not (fully) remembered yet
-            out[young] = np.where(np.arange(c) <= (self.held[slots][young] - 2 * w)[:, None],
-                                  out[young], np.inf)
+                terms = self.terms[slots[part]]
+                d2[:] = ((terms + own[part, None, :]) * weight[part, None, :]).sum(
+                    axis=2, dtype=np.float32)
+            np.copyto(d2, np.float32(0.0), where=d2 <= floor[part])
+            if (last[part] < c).any():
+                np.copyto(d2, np.float32(np.inf), where=columns > last[part][:, None])
+        self._forget_guarded(slots, out)
         return out
+
+    def append(self, slots: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """`push`, counting the values appended (the positions guarded intervals refer to)."""
+        newest = self.push(slots, values)
+        self.count[slots] += 1
+        return newest
+
+    def guard_open(self, slots: np.ndarray, lead: int = 0) -> None:
+        """Open a guarded interval at each slot's newest value (slots without one open): the
+        windows holding any value from there on count as not remembered until it is
+        released or closed. ``lead``: values after the newest it covers from the start (a
+        coarse value still being averaged)."""
+        count = self.count[slots]
+        at = self.guard_next[slots] % GUARDS
+        self.guards[slots, at, 0] = count - 1
+        self.guards[slots, at, 1] = GUARD_OPEN
+        self.guard_last[slots] = count + lead
+        self.guard_next[slots] += 1
+
+    def guard_mark(self, slots: np.ndarray, lead: int = 0) -> None:
+        """The open interval of ``slots`` covers their newest value (and ``lead`` after)."""
+        self.guard_last[slots] = self.count[slots] + lead
+
+    def guard_close(self, slots: np.ndarray) -> None:
+        """End the open interval of ``slots`` after the last value marked: it stays guarded
+        (until it leaves the memory or GUARDS newer intervals replace it)."""
+        at = (self.guard_next[slots] - 1) % GUARDS
+        self.guards[slots, at, 1] = self.guard_last[slots]
+
+    def guard_release(self, slots: np.ndarray) -> None:
+        """Drop the open interval of ``slots``: its windows are remembered again."""
+        at = (self.guard_next[slots] - 1) % GUARDS
+        self.guards[slots, at] = 0
+
+    def _forget_guarded(self, slots: np.ndarray, d2: np.ndarray) -> None:
+        """inf in ``d2`` at the windows that hold a guarded value."""
+        if not self.capacity or not len(slots):
+            return
+        guards = self.guards[slots]  # [n, G, 2]
+        start, stop = guards[..., 0], guards[..., 1]
+        if not (start < stop).any():
+            return
+        w, c = self.window, self.capacity
+        newest = (self.count[slots] - 1)[:, None]
+        # Column i is the window ending at newest - w - i, holding w values back from there.
+        lo = newest - 2 * w + 2 - stop
+        hi = newest - w - start
+        live = (start < stop) & (hi >= 0) & (lo < c)
+        rows = np.flatnonzero(live.any(axis=1))
+        if not len(rows):
+            return
+        columns = np.arange(c)
+        hidden = ((columns >= lo[rows, :, None]) & (columns <= hi[rows, :, None])
+                  & live[rows, :, None]).any(axis=1)
+        d2[rows] = np.where(hidden, np.float32(np.inf), d2[rows])
 
     @staticmethod
     def nearest(d2: np.ndarray) -> np.ndarray:

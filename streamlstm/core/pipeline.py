@@ -43,6 +43,7 @@ from streamlstm.core.evidence import (
     Round,
     Seasonal,
 )
+from streamlstm.core.guard import LearningGuard
 from streamlstm.core.memory import WindowMemory
 from streamlstm.core.records import MAX_VALUE, Point, Score
 from streamlstm.core.scoring import Scorer, Spread, centre
@@ -70,7 +71,7 @@ MIN_SEASON_WINDOWS = 4
 
 # Settings that bound or age the state but do not shape it: a snapshot restores across them.
 _NOT_STATE = frozenset({"max_series", "idle_evict_s", "max_gap_intervals",
-                        "max_new_series_per_poll"})
+                        "max_new_series_per_poll", "accept_after"})
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,10 @@ class PipelineSettings:
     # Once every slot is taken, at most this many new series per `process` call may evict
     # series held; the points of further new series are refused ("series_limit"). 0: no cap.
     max_new_series_per_poll: int = 0
+    # Guarded learning (`streamlstm.core.guard`): what a series flags is not learnt as
+    # normal, until a flagged stretch has lasted this many windows and is accepted as the
+    # new normal (0: no guard, everything is learnt at once).
+    accept_after: int = 300
 
     def __post_init__(self) -> None:
         kinds = self.evidence.split("+")
@@ -99,6 +104,8 @@ class PipelineSettings:
             raise ValueError("need season_s >= 0 and season_periods >= 1")
         if self.stride < 1:
             raise ValueError("stride must be at least 1")
+        if self.accept_after < 0:
+            raise ValueError("accept_after must be at least 0")
 
     @property
     def evidence_kinds(self) -> list[str]:
@@ -132,6 +139,8 @@ class StepResult:
     seconds: float = 0.0  # the whole step
     evicted_idle: int = 0
     evicted_capacity: int = 0
+    # Flagged stretches that lasted accept_after windows and became their series' new normal.
+    changes_accepted: int = 0
 
 
 @dataclass(frozen=True)
@@ -227,6 +236,10 @@ class Pipeline:
             "coarse": lambda: CoarseNovelty(self.registry, w, f),
         }
         self.evidence = [builders[k]() for k in kinds]
+        # The coarse memory is not guarded (see `streamlstm.core.guard`).
+        guarded = [(self.memory, 0)] if self.memory is not None else []
+        self.guard = LearningGuard(self.registry, guarded, settings.accept_after, quiet_after=w)
+        self._accepted = np.zeros(0, bool)  # per ready window of the last `_rounds`
         self.bank = CalibratorBank(self.registry,
                                    [e.calibration(rules[0]) for e in self.evidence],
                                    rules[0], self.rules)
@@ -323,6 +336,7 @@ class Pipeline:
         scales = np.empty((len(ready), n_features))
         errors = np.empty(len(ready))
         tops = np.zeros(len(ready), np.int64)
+        feature_errors: np.ndarray | None = None
         # Windows in input order: the model sees them so, whatever slots the series hold (a
         # batched matmul rounds a row differently at another position, and a restored pipeline
         # must score bit for bit as the one that never stopped), and the scores come out so.
@@ -338,12 +352,18 @@ class Pipeline:
                 per_feature = self.scorer.errors(normalised, per_feature=True)
                 errors[order] = per_feature.mean(axis=1)
                 tops[order] = per_feature.argmax(axis=1)
+                feature_errors = np.empty_like(per_feature)
+                feature_errors[order] = per_feature
             else:
                 errors[order] = self.scorer.errors(normalised)
             result.scoring_seconds += self._clock() - model_started
         scores, flagged, alarms, novelty, parts = self._rounds(pushes, ready, scales, errors)
-        self._emit(part, offset, pushes, ready, order, errors, tops, scores, flagged, alarms,
-                   novelty, parts, warmup, result)
+        if self._accepted.any():
+            accepted = pushes.point[ready][self._accepted].tolist()
+            result.changes_accepted += sum(1 for i in accepted
+                                           if warmup is None or not warmup[offset + i])
+        self._emit(part, offset, pushes, ready, order, errors, tops, feature_errors, scores,
+                   flagged, alarms, novelty, parts, warmup, result)
 
     def _rounds(self, pushes: Pushes, ready: np.ndarray, scales: np.ndarray,
                 errors: np.ndarray,
@@ -359,6 +379,7 @@ class Pipeline:
         flagged = np.zeros(k, bool)
         novelty = np.full(k, np.nan)
         parts = np.full((k, len(self.evidence)), np.nan)
+        self._accepted = np.zeros(k, bool)
         window_of = np.full(len(pushes.slots), -1)
         window_of[ready] = np.arange(k)
         periods = self.settings.season_values(self.router.interval[pushes.slots[ready]])
@@ -367,7 +388,7 @@ class Pipeline:
         for block in round_blocks(rank_within_groups(pushes.slots[real])):  # k-th real points
             block = real[block]
             slots = pushes.slots[block]
-            held = (self.memory.push(slots, pushes.values[block])
+            held = (self.memory.append(slots, pushes.values[block])
                     if self.memory is not None else None)
             at = window_of[block]
             here = at >= 0
@@ -378,54 +399,66 @@ class Pipeline:
                         errors=errors[at], periods=periods[at], memory=self.memory,
                         held=None if held is None else held[here])
             raw = np.stack([e.measure(rnd) for e in self.evidence], axis=1)
-            surprise = self.bank.score_then_learn(rnd.slots, raw)
+            # Scored, judged, then learnt at the weight the guard gives what was flagged.
+            surprise, pending = self.bank.score(rnd.slots, raw)
             score = np.minimum(combined_surprise(surprise) / SURPRISE_SCALE, 1.0)
+            threshold = self.alarms.threshold_of(rnd.slots)
+            weight, self._accepted[at] = self.guard.step(rnd.slots, score, threshold)
+            self.bank.learn(pending, weight)
             scores[at] = score
             parts[at] = surprise
             self.last_score[rnd.slots] = score
             self.last_surprise[rnd.slots] = np.where(np.isnan(surprise), -1.0, surprise)
             alarms[at] = self.alarms.check(rnd.slots, score)
-            flagged[at] = score >= self.alarms.threshold_of(rnd.slots)
+            flagged[at] = score >= threshold
             if self._novelty is not None:
                 novelty[at] = raw[:, self._novelty]
         return scores, flagged, alarms, novelty, parts
 
     def _emit(self, part: Sequence[Point], offset: int, pushes: Pushes, ready: np.ndarray,
-              order: np.ndarray, errors: np.ndarray, tops: np.ndarray, scores: np.ndarray,
+              order: np.ndarray, errors: np.ndarray, tops: np.ndarray,
+              feature_errors: np.ndarray | None, scores: np.ndarray,
               flagged: np.ndarray, alarms: np.ndarray, novelty: np.ndarray, parts: np.ndarray,
               warmup: Sequence[bool] | None, result: StepResult) -> None:
         """One Score per ready window, in input order (``order``), but for warm-up points."""
-        positions = pushes.point[ready]
         version = self.model_version
         kinds = self.settings.evidence_kinds
-        rounded = np.round(parts, 3).tolist()
+        rounded = np.round(parts, 3)
+        calibrated = ~np.isnan(rounded)
+        every_kind: list[bool] = np.asarray(calibrated.all(axis=1)).tolist()
+        rounded_rows = rounded.tolist()
+        calibrated_rows = calibrated.tolist()
         features = self.artifact.feature_names
         top_of = ([features[t] for t in tops.tolist()] if len(features) > 1
                   else [None] * len(tops))
+        per_feature = ([tuple(row) for row in feature_errors.tolist()]
+                       if feature_errors is not None else [None] * len(tops))
         thresholds = self.alarms.threshold_of(pushes.slots[ready]).tolist()
+        positions = pushes.point[ready].tolist()
+        finite = np.isfinite(novelty)
+        novelties = np.where(finite, novelty, 0.0).tolist()
+        finite_novelty = finite.tolist()
+        error_list, score_list = errors.tolist(), scores.tolist()
+        flagged_list, alarm_list = flagged.tolist(), alarms.tolist()
+        out_positions, out_scores = result.positions, result.scores
         for j in order.tolist():
-            i = int(positions[j])
+            i = positions[j]
             if warmup is not None and warmup[offset + i]:
                 continue
             point = part[i]
-            nov = float(novelty[j])
-            evidence = {kind: value for kind, value in zip(kinds, rounded[j], strict=True)
-                        if value == value}  # NaN: not calibrated yet
-            result.positions.append(offset + i)
-            result.scores.append(Score(
-                series=point.series,
-                timestamp=point.timestamp,
-                values=point.values,
-                error=float(errors[j]),
-                novelty=nov if math.isfinite(nov) else None,
-                score=float(scores[j]),
-                threshold=thresholds[j],
-                is_anomaly=bool(flagged[j]),
-                alarm=bool(alarms[j]),
-                model_version=version,
-                evidence=evidence,
-                top_feature=top_of[j],
-            ))
+            row = rounded_rows[j]
+            if every_kind[j]:
+                evidence = dict(zip(kinds, row, strict=True))
+            else:  # NaN: a kind not calibrated yet
+                evidence = {kind: value for kind, value, known
+                            in zip(kinds, row, calibrated_rows[j], strict=True) if known}
+            out_positions.append(offset + i)
+            out_scores.append(Score(
+                series=point.series, timestamp=point.timestamp, values=point.values,
+                error=error_list[j], score=score_list[j], threshold=thresholds[j],
+                is_anomaly=flagged_list[j], model_version=version,
+                novelty=novelties[j] if finite_novelty[j] else None, evidence=evidence,
+                top_feature=top_of[j], alarm=alarm_list[j], feature_errors=per_feature[j]))
 
     # ---- model swaps and snapshots ----
 

@@ -11,7 +11,7 @@ import torch
 
 from streamlstm.core.state import SeriesRegistry
 from streamlstm.model.artifact import Artifact
-from streamlstm.model.fast import FusedAutoencoder
+from streamlstm.model.fast import FusedAutoencoder, OnnxAutoencoder, fast_autoencoder
 
 # A window's spread is clipped at this multiple of the series' running spread before it is
 # learnt, so one wild window cannot blow the scale up and hide what follows.
@@ -77,15 +77,20 @@ class Spread:
 class Scorer:
     """Runs a model artifact over normalised windows and returns one error per window.
 
-    The errors come from `FusedAutoencoder`, which computes what the `nn.LSTM` model would
-    (the same weights, float32 rounding aside) with less work per window.
+    The errors come from `fast_autoencoder`: ONNX Runtime's `OnnxAutoencoder` for an LSTM on
+    the CPU when ``onnxruntime`` is installed (the ``onnx`` extra), else the torch
+    `FusedAutoencoder` (CUDA, GRU). Both compute what the `nn.LSTM` model would (the same
+    weights, float32 rounding aside) with less work per window, and a window's error depends
+    only on the window, not on the batch it came in. ``backend`` forces one (``torch`` or
+    ``onnxruntime``).
     """
 
-    def __init__(self, artifact: Artifact, device: str = "cpu", max_batch: int = 8192) -> None:
+    def __init__(self, artifact: Artifact, device: str = "cpu", max_batch: int = 8192,
+                 backend: str = "auto") -> None:
         self.artifact = artifact
         self.device = torch.device(resolve_device(device))
         self.model = artifact.build_model(self.device)
-        self.fused = FusedAutoencoder(self.model)
+        self.fused: FusedAutoencoder | OnnxAutoencoder = fast_autoencoder(self.model, backend)
         self.max_batch = max_batch
 
     @property

@@ -13,7 +13,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from streamlstm.core.calibration import AlarmOverride, AlarmPolicy, SeriesRules, alarm_rows
-from streamlstm.core.pipeline import Pipeline, score_points
+from streamlstm.core.pipeline import Pipeline, PipelineSettings, score_points
 from streamlstm.core.records import Point, Score
 from streamlstm.drift import ErrorDrift
 from streamlstm.metrics import Metrics
@@ -107,10 +107,13 @@ def test_policy_survives_snapshot_and_restore_and_old_layouts_still_restore(
         tiny_artifact: Artifact) -> None:
     points = spiky_points()
     cut = len(points) // 2
-    uncut = Pipeline(tiny_artifact, alarms=POLICY)  # polls cut as below: the same batches
+    # Guarded learning learns by what each series' threshold flags: only without it does the
+    # state not depend on the thresholds in force.
+    unguarded = PipelineSettings(accept_after=0)
+    uncut = Pipeline(tiny_artifact, unguarded, alarms=POLICY)  # polls cut as below
     straight = score_points(uncut, points[:cut]) + score_points(uncut, points[cut:])
     # Snapshot taken by a pipeline without alarm settings (as before they existed) ...
-    first = Pipeline(tiny_artifact)
+    first = Pipeline(tiny_artifact, unguarded)
     score_points(first, points[:cut])
     snapshot = first.snapshot()
     assert first.state_layout().digest == Pipeline(tiny_artifact, alarms=POLICY
@@ -118,7 +121,7 @@ def test_policy_survives_snapshot_and_restore_and_old_layouts_still_restore(
     # ... restored under the policy: each series is matched again and scores as one that
     # ran under the policy from the start (the calibration does not depend on thresholds,
     # the warm-ups only on the count of windows, which the snapshot holds).
-    second = Pipeline(tiny_artifact, alarms=POLICY)
+    second = Pipeline(tiny_artifact, unguarded, alarms=POLICY)
     assert second.restore(snapshot) == 3
     resumed = score_points(second, points[cut:])
     assert [(s.score, s.threshold) if s else None for s in resumed] == [

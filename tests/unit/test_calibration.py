@@ -304,10 +304,17 @@ def test_fisher_rule_is_calibrated_for_independent_uniform_probabilities() -> No
         assert np.mean(combined >= level) == pytest.approx(10**-level, rel=0.1)
 
 
-def test_alarm_rows_holds_quiet_after_an_alarm() -> None:
+def test_alarm_rows_alarm_once_per_incident() -> None:
+    # An incident lasts while flagged rows come at most `hold` rows apart: a sustained one
+    # alarms once, however long it lasts (the rule before re-alarmed every hold + 1 rows).
     scores = [0.9, 0.9, 0.9, 0.9, 0.9, 0.1, 0.9, math.nan, 0.9]
-    assert alarm_rows(scores, 0.5, hold=3).tolist() == [True, False, False, False, True,
-                                                        False, False, False, True]
+    assert alarm_rows(scores, 0.5, hold=3).tolist() == [True] + [False] * 8
+    # A new incident starts after `hold` quiet rows (NaN rows are quiet).
+    assert alarm_rows([0.9, 0.1, 0.1, 0.1, 0.9], 0.5, hold=3).tolist() == [
+        True, False, False, False, True]
+    assert alarm_rows([0.9, 0.1, math.nan, 0.9], 0.5, hold=3).tolist() == [
+        True, False, False, False]
+    assert alarm_rows([0.9, 0.1, math.nan, 0.1, 0.9], 0.5, hold=3).tolist()[-1]
     assert alarm_rows(scores, 0.5).tolist() == [s >= 0.5 for s in scores]  # NaN never alarms
     assert alarm_rows(scores, 0.9, hold=0).tolist() == alarm_rows(scores, 0.9).tolist()
 
@@ -358,3 +365,27 @@ def test_kind_calibration_takes_the_settings_unless_overridden() -> None:
     assert kind_calibration(settings, "e", log_domain=True, tail_fraction=0.1, history=50,
                             warmup=5) == KindCalibration("e", True, 0.1, 50, 5)
     assert CalibrationSettings(longterm=0, warmup=5000, history=5000).longterm == 0
+
+
+def test_regrid_keeps_the_mass_and_a_grid_moved_onto_itself_keeps_the_histogram() -> None:
+    from streamlstm.core.calibration import BINS, _regrid
+
+    rng = np.random.default_rng(5)
+    hist = rng.random((40, BINS + 2)) * (rng.random((40, BINS + 2)) < 0.5)
+    over = rng.uniform(8.5, 30.0, 40)
+    old = np.stack([rng.normal(0, 1, 40), rng.uniform(0.1, 2, 40)], axis=1)
+    same, same_over = _regrid(hist, over, old, old)
+    np.testing.assert_allclose(same, hist, atol=1e-12)
+    held = hist[:, BINS + 1] > 0  # with nothing above the grid, the mean above is its top
+    np.testing.assert_allclose(same_over[held], over[held], rtol=1e-12)
+    np.testing.assert_allclose(same_over[~held], 8.0)
+    assert (~held).any()
+    new = np.stack([rng.normal(0, 1, 40), rng.uniform(0.1, 2, 40)], axis=1)
+    moved, _ = _regrid(hist, over, old, new)
+    np.testing.assert_allclose(moved.sum(axis=1), hist.sum(axis=1), rtol=1e-12)
+    # A grid of width 0 (one value so far): all the mass lands in the bin of that value.
+    point = old.copy()
+    point[:, 1] = 0.0
+    at_point, _ = _regrid(hist, over, point, new)
+    assert (np.count_nonzero(at_point, axis=1) <= 1).all()
+    np.testing.assert_allclose(at_point.sum(axis=1), hist.sum(axis=1), rtol=1e-12)

@@ -325,3 +325,19 @@ def test_bad_alarm_settings_name_their_key(tmp_path: Path, text: str, key: str) 
 def test_an_alarm_setting_from_the_environment_names_the_variable() -> None:
     error = config_error(None, {"STREAMLSTM_ALARMS_THRESHOLD": "2"})
     assert error.key == "alarms.threshold" and "STREAMLSTM_ALARMS_THRESHOLD" in str(error)
+
+
+@pytest.mark.parametrize(("text", "environ"), [
+    ("workers: 0\n", {}), ("workers: two\n", {}), ("workers: -1\n", {}),
+    (None, {"STREAMLSTM_WORKERS": "0"}), (None, {"STREAMLSTM_WORKERS": "2.5"})])
+def test_bad_worker_counts_name_their_key(tmp_path: Path, text: str | None,
+                                          environ: dict[str, str]) -> None:
+    error = config_error(write(tmp_path, text) if text else None, environ)
+    assert error.key == "workers"
+    assert not environ or "STREAMLSTM_WORKERS" in str(error)
+
+
+def test_workers_from_file_and_environment(tmp_path: Path) -> None:
+    assert load(None, {}).workers == 1
+    assert load(write(tmp_path, "workers: 3\n"), {}).workers == 3
+    assert load(write(tmp_path, "workers: 3\n"), {"STREAMLSTM_WORKERS": "2"}).workers == 2

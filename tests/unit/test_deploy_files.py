@@ -618,6 +618,8 @@ def test_dockerfile_is_slim_non_root_cpu_torch_with_a_health_check() -> None:
                for s in order[:deps_step] if s.startswith("COPY")), order
     installs = [s for s in order if "pip install" in s]
     assert not [s for s in installs if re.search(r"\.\[|streamlstm\[", s)], "no extras"
+    # ... but the requirements of [onnx], the faster inference backend, are in the image.
+    assert "['optional-dependencies']['onnx']" in text
     user = re.findall(r"^USER (\S+)", text, re.MULTILINE)
     assert user and not user[-1].startswith(("root", "0"))
     health = re.search(r"^HEALTHCHECK .*?(?<!\\)$", text, re.MULTILINE | re.DOTALL)
@@ -1006,7 +1008,7 @@ def test_alerts_and_dashboards_read_thresholds_from_the_data() -> None:
 
 
 def test_grafana_alert_fires_on_one_flagged_point() -> None:
-    # The daemon flags a burst once and then holds the series quiet for alarm_hold windows, so
+    # The daemon alarms once per incident (until alarm_hold quiet windows), so
     # a condition needing several flagged points in a 10-minute window could never fire.
     (group,) = _yaml(ALERTING)["groups"]
     (rule,) = group["rules"]

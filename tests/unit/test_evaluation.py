@@ -313,9 +313,14 @@ def test_hold_from_an_alarm_before_a_window_silences_the_window() -> None:
     # Hold 10: row 35 alarms (an FP) and holds rows 36..45, which covers every high row in the
     # window: it is missed. raw = -0.11 - 1 = -1.11.
     assert standard(10) == pytest.approx((-1.11, 0, 1, 1))
-    # Hold 3: alarms at rows 35 and 39 (FPs), then row 43 (40..42 held): a late TP at
-    # y = -(49 - 43 + 1) / 10 = -0.7 -> tanh(1.75) / tanh(2.5) = 0.954147; raw = 0.954147 - 0.22.
-    assert standard(3) == pytest.approx((0.9541474721 - 0.22, 1, 2, 0))
+    # Hold 3: rows 35..44 are one incident (flagged rows never 3 apart): its alarm at row 35 is
+    # an FP and the window is missed, as with hold 10.
+    assert standard(3) == pytest.approx((-1.11, 0, 1, 1))
+    # Two incidents: rows 35..37 and 41..44 (three quiet rows between): an FP at 35 and a TP at
+    # row 41, y = -(49 - 41 + 1) / 10 = -0.9 -> tanh(2.25) / tanh(2.5).
+    scores[38:41] = 0.0
+    series = make_series(scores=scores)
+    assert standard(3) == pytest.approx((np.tanh(2.25) / np.tanh(2.5) - 0.11, 1, 1, 0))
 
 
 def test_an_alarm_in_probation_still_holds() -> None:
@@ -395,9 +400,7 @@ def test_hold_sweep_without_hold_equals_the_exact_sweep() -> None:
 def test_hold_optimiser_beyond_the_exact_limit_finds_the_brute_force_best(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # Continuous scores: 4 * 297 distinct, over a limit lowered to 100, so the optimiser
-    # searches the quantile grid and then refines around its best.
-    monkeypatch.setattr(evaluation, "HOLD_EXACT_MAX", 100)
+    # Continuous scores: 4 * 297 distinct, all tried.
     corpus = _bursty_corpus(np.random.default_rng(4), n=300)
     assert sum(np.unique(s.scores[~np.isnan(s.scores)]).size for s in corpus) > 1000
     for hold in (3, 20):
@@ -607,9 +610,8 @@ def test_hold_on_nab_dev_scores_the_daemons_alarms() -> None:
     ]
     # A burst pages once: fewer false positives than without the hold at the same threshold.
     assert report.overall.fp < evaluate(corpus, [standard.threshold]).overall.fp
-    # Over HOLD_EXACT_MAX distinct scores, the grid and refinement do as well as trying them all.
+    # The optimiser's answer is trying every distinct score.
     distinct = np.unique(np.concatenate([s.scores[~np.isnan(s.scores)] for s in corpus]))
-    assert distinct.size > evaluation.HOLD_EXACT_MAX
     every = optimise_threshold(corpus, STANDARD, [*distinct, NEVER_FIRE], hold=100)
     assert (standard.threshold, standard.raw) == pytest.approx(every)
     assert report.to_dict()["hold"] == 100

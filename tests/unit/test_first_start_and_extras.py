@@ -81,7 +81,8 @@ def test_training_and_evaluation_dependencies_are_extras() -> None:
         assert name not in core, f"{name} is a core dependency"
     assert {"pyarrow", "tqdm"} <= {d.split(">")[0] for d in extras["train"]}
     assert "matplotlib" in " ".join(extras["eval"])
-    assert "streamlstm[train,eval]" in extras["dev"]
+    assert "streamlstm[train,eval,onnx]" in extras["dev"]  # tests cover both backends
+    assert {"onnxruntime", "onnx"} <= {d.split(">")[0] for d in extras["onnx"]}
 
 
 _BLOCKER = textwrap.dedent(f"""

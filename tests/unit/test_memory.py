@@ -107,7 +107,7 @@ def test_push_returns_the_newest_window_newest_first_relative_to_the_reference()
     assert newest.dtype == np.float64
     ref = memory.ref[slots[0]]
     np.testing.assert_array_equal(newest[0, :, 0] + ref, [13.0, 11.0, 7.0])
-    assert memory.values.shape[1] == 4 + 2 * 3  # the ring: capacity + 2 W values
+    assert memory.size == 4 + 2 * 3  # the ring: capacity + 2 W values
 
 
 def test_a_repeating_pattern_is_familiar_and_a_new_level_is_not() -> None:

@@ -342,7 +342,8 @@ def replay_surprises(values: Sequence[float | None], calibration: CalibrationSet
 def test_model_and_memory_scores_are_the_combined_surprise_of_error_and_novelty(
         tiny_artifact: Artifact) -> None:
     n = 500
-    pipeline = Pipeline(tiny_artifact, PipelineSettings(evidence="model+memory"))
+    # Unguarded: every window is learnt at full weight, as replay_surprises learns them.
+    pipeline = Pipeline(tiny_artifact, PipelineSettings(evidence="model+memory", accept_after=0))
     scores = [s for s in score_points(pipeline, spiky_sine(n, [320, 420])) if s is not None]
     calibration = CalibrationSettings.from_dict(tiny_artifact.calibration)
     error_s = replay_surprises([s.error for s in scores], calibration, errors=True)
@@ -362,9 +363,11 @@ def test_model_and_memory_scores_are_the_combined_surprise_of_error_and_novelty(
 
 def test_model_evidence_does_not_depend_on_the_memory(tiny_artifact: Artifact) -> None:
     points = spiky_sine(500, [330])
-    model = score_points(Pipeline(tiny_artifact, PipelineSettings(evidence="model")), points)
+    # Unguarded (accept_after=0), so that the model-only scores replay below as learnt in full.
+    model = score_points(Pipeline(tiny_artifact, PipelineSettings(evidence="model",
+                                                                  accept_after=0)), points)
     forgetful = score_points(Pipeline(tiny_artifact, PipelineSettings(
-        evidence="model", memory_windows=1)), points)
+        evidence="model", memory_windows=1, accept_after=0)), points)
     both = score_points(Pipeline(tiny_artifact, PipelineSettings(evidence="model+memory")),
                         points)
     both_forgetful = score_points(Pipeline(tiny_artifact, PipelineSettings(

@@ -123,3 +123,28 @@ def test_a_multi_feature_score_names_the_feature_that_broke(tmp_path: Path) -> N
     assert {s.top_feature for s in scores} <= {"load", "cpu"}
     (line,) = to_lines([at[SPIKE + 3]], "anomaly")
     assert 'top_feature="cpu"' in line
+    broke = at[SPIKE + 3]
+    assert broke.feature_errors is not None and len(broke.feature_errors) == 2
+    assert abs(sum(broke.feature_errors) / 2 - broke.error) < 1e-9 * max(1.0, broke.error)
+    assert broke.feature_errors[1] > broke.feature_errors[0]  # cpu, the one that broke
+    # replay writes each feature's error next to top_feature
+    from streamlstm.model.artifact import save_artifact
+
+    save_artifact(artifact, tmp_path / "models")
+    source = tmp_path / "pair.csv"
+    with open(source, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["timestamp", "load", "cpu"])
+        for t, (a, b) in zip(timestamps(N), values, strict=True):
+            writer.writerow([t, a, b])
+    out = tmp_path / "pair-out.csv"
+    assert cli.main(["replay", str(source), "--output", str(out),
+                     "--model", str(tmp_path / "models")]) == 0
+    with open(out, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == N and rows[0]["error_load"] == "" and rows[0]["error_cpu"] == ""
+    row = rows[SPIKE + 3]
+    assert row["top_feature"] == "cpu"
+    assert float(row["error_cpu"]) > float(row["error_load"])
+    assert abs((float(row["error_cpu"]) + float(row["error_load"])) / 2
+               - float(row["error"])) < 1e-6 * max(1.0, float(row["error"]))
