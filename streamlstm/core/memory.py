@@ -63,7 +63,7 @@ class WindowMemory:
         self.window = window
         self.capacity = capacity
         self.size = capacity + 2 * window
-        self.slack = max(16, self.size // 8)
+        self.slack = max(16, self.size // 16)
         # Newest first: the values from the newest back are ``values[slot, pos : pos + size]``.
         self.values = registry.add(f"{prefix}.values", (self.size + self.slack, n_features),
                                    np.float16)

@@ -303,7 +303,7 @@ def best_threads(fused: FusedAutoencoder, batch: int = 4096, reps: int = 3,
 # --- ONNX Runtime backend -----------------------------------------------------------------------
 
 # Windows per ONNX Runtime call: the graph's step tensors ([chunk, H] each) stay in the caches.
-ONNX_CHUNK = 2048
+ONNX_CHUNK = 512
 
 
 def onnxruntime_available() -> bool:
