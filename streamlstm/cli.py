@@ -137,6 +137,15 @@ def build_service(settings: config_module.Settings, registry: Any = None) -> tup
     device = resolve_device(settings.model.device)
     if device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("model.device", "cpu or auto (no CUDA device is available)", "cuda")
+    if settings.model.backend == "onnxruntime":
+        from streamlstm.model.fast import onnxruntime_available
+
+        if device != "cpu":
+            raise ConfigError("model.backend", "auto or torch on CUDA (ONNX Runtime runs here on "
+                              "the CPU only)", "onnxruntime")
+        if not onnxruntime_available():
+            raise ConfigError("model.backend", "auto or torch (ONNX Runtime is not installed: "
+                              "pip install 'streamlstm[onnx]')", "onnxruntime")
     if settings.model.threads:
         torch.set_num_threads(settings.model.threads)
     artifact = load_artifact(settings.model.path)
@@ -152,7 +161,8 @@ def build_service(settings: config_module.Settings, registry: Any = None) -> tup
         season_s=settings.windows.season_s,
         season_periods=settings.windows.season_periods,
         accept_after=settings.windows.accept_after,
-    ), device=device, alarms=alarm_policy(settings.alarms, artifact))
+    ), device=device, alarms=alarm_policy(settings.alarms, artifact),
+        backend=settings.model.backend)
     # The clock turns on the decoder's timestamp window (decoder.max_past_s / max_future_s).
     decoder = JsonDecoder(settings.decoder, artifact.feature_names, clock=time.time)
     checkpointer = _checkpointer(settings, pipeline, metrics)

@@ -191,13 +191,15 @@ class Pipeline:
 
     def __init__(self, artifact: Artifact, settings: PipelineSettings | None = None,
                  device: str = "cpu", clock: Callable[[], float] = time.perf_counter,
-                 alarms: AlarmPolicy | None = None) -> None:
+                 alarms: AlarmPolicy | None = None, backend: str = "auto") -> None:
         """``alarms`` overrides the artifact's threshold, alarm hold and warm-up, globally
-        and per series (ValueError if a value does not fit the model's calibration)."""
+        and per series (ValueError if a value does not fit the model's calibration);
+        ``backend`` picks the model's inference (`Scorer`), for every model it serves."""
         self.settings = settings or PipelineSettings()
         self.alarm_policy = alarms or AlarmPolicy()
         self._clock = clock
-        self.scorer = Scorer(artifact, device=device)
+        self.backend = backend
+        self.scorer = Scorer(artifact, device=device, backend=backend)
         self.reset_state()
 
     @property
@@ -470,7 +472,7 @@ class Pipeline:
         the pipeline half-swapped.
         """
         calibration = calibration_settings(artifact.calibration)
-        new_scorer = Scorer(artifact, device=device)
+        new_scorer = Scorer(artifact, device=device, backend=self.backend)
         same_shape = (new_scorer.window == self.scorer.window
                       and new_scorer.n_features == self.scorer.n_features)
         if not same_shape:

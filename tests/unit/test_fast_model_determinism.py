@@ -206,3 +206,35 @@ def test_scorer_backends_agree() -> None:
     np.testing.assert_allclose(via_ort.errors(windows), via_torch.errors(windows), rtol=1e-4)
     np.testing.assert_allclose(via_ort.errors(windows, per_feature=True)[:, 0],
                                via_ort.errors(windows), rtol=1e-6)
+
+
+def test_the_pipeline_serves_the_backend_it_is_given_and_keeps_it_across_swaps(
+        tiny_artifact) -> None:
+    import dataclasses
+
+    from streamlstm.core.pipeline import Pipeline
+
+    for backend in ("torch", "onnxruntime"):
+        pipeline = Pipeline(tiny_artifact, backend=backend)
+        assert pipeline.scorer.fused.backend == backend
+        pipeline.swap_model(dataclasses.replace(tiny_artifact, version="next"))
+        assert pipeline.scorer.fused.backend == backend
+    assert Pipeline(tiny_artifact).scorer.fused.backend == "onnxruntime"  # auto, installed
+
+
+def test_model_backend_is_a_checked_setting(tmp_path, monkeypatch) -> None:
+    from streamlstm import cli, config
+    from streamlstm.errors import ConfigError
+
+    assert config.load(None, {}).model.backend == "auto"
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  backend: tensorrt\n")
+    with pytest.raises(ConfigError) as error:
+        config.load(path, {})
+    assert error.value.key == "model.backend"
+    # Forced onnxruntime where it is not installed: one line naming the key at start-up.
+    monkeypatch.setattr("streamlstm.model.fast.onnxruntime_available", lambda: False)
+    path.write_text("model:\n  backend: onnxruntime\n")
+    with pytest.raises(ConfigError) as error:
+        cli.build_service(config.load(path, {}))
+    assert error.value.key == "model.backend" and "streamlstm[onnx]" in str(error.value)
