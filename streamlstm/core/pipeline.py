@@ -143,6 +143,24 @@ class StepResult:
     changes_accepted: int = 0
 
 
+@dataclass
+class _Verdicts:
+    """Per ready window of a segment (`Pipeline._rounds`): what was judged of it."""
+
+    scores: np.ndarray  # [k] calibrated anomaly scores
+    thresholds: np.ndarray  # [k] the threshold each was judged by
+    flagged: np.ndarray  # [k] at or above its threshold (is_anomaly)
+    alarms: np.ndarray  # [k] the first flagged window of an incident
+    novelty: np.ndarray  # [k] distance to the nearest remembered window (NaN: none)
+    parts: np.ndarray  # [k, kinds] surprises (NaN where a kind is not calibrated yet)
+    accepted: np.ndarray  # [k] where a flagged stretch was accepted as the new normal
+
+    @classmethod
+    def empty(cls, k: int, kinds: int) -> _Verdicts:
+        return cls(np.zeros(k), np.zeros(k), np.zeros(k, bool), np.zeros(k, bool),
+                   np.full(k, np.nan), np.full((k, kinds), np.nan), np.zeros(k, bool))
+
+
 @dataclass(frozen=True)
 class ModelSwap:
     """A model ready to serve: built and checked by `Pipeline.prepare_swap`."""
@@ -241,7 +259,6 @@ class Pipeline:
         # The coarse memory is not guarded (see `streamlstm.core.guard`).
         guarded = [(self.memory, 0)] if self.memory is not None else []
         self.guard = LearningGuard(self.registry, guarded, settings.accept_after, quiet_after=w)
-        self._accepted = np.zeros(0, bool)  # per ready window of the last `_rounds`
         self.bank = CalibratorBank(self.registry,
                                    [e.calibration(rules[0]) for e in self.evidence],
                                    rules[0], self.rules)
@@ -359,29 +376,20 @@ class Pipeline:
             else:
                 errors[order] = self.scorer.errors(normalised)
             result.scoring_seconds += self._clock() - model_started
-        scores, flagged, alarms, novelty, parts = self._rounds(pushes, ready, scales, errors)
-        if self._accepted.any():
-            accepted = pushes.point[ready][self._accepted].tolist()
+        verdicts = self._rounds(pushes, ready, scales, errors)
+        if verdicts.accepted.any():
+            accepted = pushes.point[ready][verdicts.accepted].tolist()
             result.changes_accepted += sum(1 for i in accepted
                                            if warmup is None or not warmup[offset + i])
-        self._emit(part, offset, pushes, ready, order, errors, tops, feature_errors, scores,
-                   flagged, alarms, novelty, parts, warmup, result)
+        self._emit(part, offset, pushes, ready, order, errors, tops, feature_errors, verdicts,
+                   warmup, result)
 
     def _rounds(self, pushes: Pushes, ready: np.ndarray, scales: np.ndarray,
-                errors: np.ndarray,
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Memory, evidence, calibration and alarms, one round of pushes at a time.
-
-        Returns per ready window its score, whether it is flagged (at or above the threshold),
-        whether it alarms (the first flagged of an incident), its novelty and ``[k, kinds]``
-        surprises (NaN where a kind is not calibrated yet)."""
+                errors: np.ndarray) -> _Verdicts:
+        """Memory, evidence, calibration, guarded learning and alarms, one round of pushes at
+        a time; what was judged of each ready window."""
         k = len(ready)
-        scores = np.zeros(k)
-        alarms = np.zeros(k, bool)
-        flagged = np.zeros(k, bool)
-        novelty = np.full(k, np.nan)
-        parts = np.full((k, len(self.evidence)), np.nan)
-        self._accepted = np.zeros(k, bool)
+        out = _Verdicts.empty(k, len(self.evidence))
         window_of = np.full(len(pushes.slots), -1)
         window_of[ready] = np.arange(k)
         periods = self.settings.season_values(self.router.interval[pushes.slots[ready]])
@@ -405,27 +413,27 @@ class Pipeline:
             surprise, pending = self.bank.score(rnd.slots, raw)
             score = np.minimum(combined_surprise(surprise) / SURPRISE_SCALE, 1.0)
             threshold = self.alarms.threshold_of(rnd.slots)
-            weight, self._accepted[at] = self.guard.step(rnd.slots, score, threshold)
+            weight, out.accepted[at] = self.guard.step(rnd.slots, score, threshold)
             self.bank.learn(pending, weight)
-            scores[at] = score
-            parts[at] = surprise
+            out.scores[at] = score
+            out.thresholds[at] = threshold
+            out.parts[at] = surprise
             self.last_score[rnd.slots] = score
             self.last_surprise[rnd.slots] = np.where(np.isnan(surprise), -1.0, surprise)
-            alarms[at] = self.alarms.check(rnd.slots, score)
-            flagged[at] = score >= threshold
+            out.alarms[at] = self.alarms.check(rnd.slots, score)
+            out.flagged[at] = score >= threshold
             if self._novelty is not None:
-                novelty[at] = raw[:, self._novelty]
-        return scores, flagged, alarms, novelty, parts
+                out.novelty[at] = raw[:, self._novelty]
+        return out
 
     def _emit(self, part: Sequence[Point], offset: int, pushes: Pushes, ready: np.ndarray,
               order: np.ndarray, errors: np.ndarray, tops: np.ndarray,
-              feature_errors: np.ndarray | None, scores: np.ndarray,
-              flagged: np.ndarray, alarms: np.ndarray, novelty: np.ndarray, parts: np.ndarray,
+              feature_errors: np.ndarray | None, verdicts: _Verdicts,
               warmup: Sequence[bool] | None, result: StepResult) -> None:
         """One Score per ready window, in input order (``order``), but for warm-up points."""
         version = self.model_version
         kinds = self.settings.evidence_kinds
-        rounded = np.round(parts, 3)
+        rounded = np.round(verdicts.parts, 3)
         calibrated = ~np.isnan(rounded)
         every_kind: list[bool] = np.asarray(calibrated.all(axis=1)).tolist()
         rounded_rows = rounded.tolist()
@@ -435,13 +443,13 @@ class Pipeline:
                   else [None] * len(tops))
         per_feature = ([tuple(row) for row in feature_errors.tolist()]
                        if feature_errors is not None else [None] * len(tops))
-        thresholds = self.alarms.threshold_of(pushes.slots[ready]).tolist()
+        thresholds = verdicts.thresholds.tolist()
         positions = pushes.point[ready].tolist()
-        finite = np.isfinite(novelty)
-        novelties = np.where(finite, novelty, 0.0).tolist()
+        finite = np.isfinite(verdicts.novelty)
+        novelties = np.where(finite, verdicts.novelty, 0.0).tolist()
         finite_novelty = finite.tolist()
-        error_list, score_list = errors.tolist(), scores.tolist()
-        flagged_list, alarm_list = flagged.tolist(), alarms.tolist()
+        error_list, score_list = errors.tolist(), verdicts.scores.tolist()
+        flagged_list, alarm_list = verdicts.flagged.tolist(), verdicts.alarms.tolist()
         out_positions, out_scores = result.positions, result.scores
         for j in order.tolist():
             i = positions[j]
