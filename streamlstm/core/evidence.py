@@ -131,7 +131,7 @@ class CoarseNovelty(Evidence):
         if not ends.any():
             return out
         slots = rnd.slots[ends]
-        held = self.memory.append(slots, block_sum[ends] / COARSE_BLOCK)
+        held = self.memory.push(slots, block_sum[ends] / COARSE_BLOCK)
         full = self.memory.held[slots] >= self.window
         if not full.any():
             return out

@@ -112,6 +112,7 @@ class WindowMemory:
                                           MAX_UNITS).astype(np.float16)
         held = np.minimum(held + 1, self.size)
         self.held[slots] = held
+        self.count[slots] += 1  # the positions guarded intervals refer to
         w, c = self.window, self.capacity
         newest = np.empty((len(slots), w, values.shape[1]), np.float32)
         if c:
@@ -199,12 +200,6 @@ class WindowMemory:
                 np.copyto(d2, np.float32(np.inf), where=columns > last[part][:, None])
         self._forget_guarded(slots, out)
         return out
-
-    def append(self, slots: np.ndarray, values: np.ndarray) -> np.ndarray:
-        """`push`, counting the values appended (the positions guarded intervals refer to)."""
-        newest = self.push(slots, values)
-        self.count[slots] += 1
-        return newest
 
     def guard_open(self, slots: np.ndarray, lead: int = 0) -> None:
         """Open a guarded interval at each slot's newest value (slots without one open): the

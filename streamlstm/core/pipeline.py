@@ -398,7 +398,7 @@ class Pipeline:
         for block in round_blocks(rank_within_groups(pushes.slots[real])):  # k-th real points
             block = real[block]
             slots = pushes.slots[block]
-            held = (self.memory.append(slots, pushes.values[block])
+            held = (self.memory.push(slots, pushes.values[block])
                     if self.memory is not None else None)
             at = window_of[block]
             here = at >= 0

@@ -208,7 +208,7 @@ def test_windows_holding_guarded_values_count_as_not_remembered() -> None:
     values = np.sin(np.arange(100) / 3.0)
     scale = np.ones((2, 1))
     for i, x in enumerate(values):
-        newest = memory.append(slots, np.full((2, 1), x))
+        newest = memory.push(slots, np.full((2, 1), x))
         if i == 59:
             memory.guard_open(slots[:1])  # value 59 of series 0 on
         if i == 64:
