@@ -20,6 +20,7 @@ which through a file (`WORKER_ENV`, `PORT_FILE_ENV`).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -126,7 +127,6 @@ class Supervisor:
         self._clock = clock
         self._stop = threading.Event()
         self._reload = threading.Event()
-        self._lock = threading.Lock()
         self._serving = False
         self._directory = Path(tempfile.mkdtemp(prefix="streamlstm-workers-"))
         self.workers = [_Worker(i, self._directory / f"worker-{i}.port")
@@ -167,36 +167,35 @@ class Supervisor:
             self._reload.clear()
             self._signal(signal.SIGHUP)
         now = self._clock()
-        with self._lock:
-            for worker in self.workers:
-                process = worker.process
-                if process is None:
-                    if now >= worker.next_start and not self._stop.is_set():
-                        worker.restarts += 1
-                        self._start(worker)
-                    continue
-                if worker.port is None and worker.port_file.exists():
-                    worker.port = int(worker.port_file.read_text(encoding="ascii"))
-                    worker.served = True
-                code = process.poll()
-                if code is None:
-                    continue
-                worker.exit_code = code
-                if not worker.served:
-                    # It never got as far as serving: a bad setting, a model that does not
-                    # load. Starting it again would fail again, so everything stops.
-                    log.error("worker %d failed to start (status %d); stopping", worker.index,
-                              code)
-                    worker.process = None
-                    self._stop.set()
-                    return
-                ran = now - worker.started
-                worker.backoff_s = (BACKOFF_INITIAL_S if ran >= STEADY_S
-                                    else min(worker.backoff_s * 2, BACKOFF_MAX_S))
-                log.error("worker %d exited with status %d after %.0fs; starting it again in "
-                          "%.0fs", worker.index, code, ran, worker.backoff_s)
-                worker.process, worker.port = None, None
-                worker.next_start = now + worker.backoff_s
+        for worker in self.workers:
+            process = worker.process
+            if process is None:
+                if now >= worker.next_start and not self._stop.is_set():
+                    worker.restarts += 1
+                    self._start(worker)
+                continue
+            if worker.port is None and worker.port_file.exists():
+                worker.port = int(worker.port_file.read_text(encoding="ascii"))
+                worker.served = True
+            code = process.poll()
+            if code is None:
+                continue
+            worker.exit_code = code
+            if not worker.served:
+                # It never got as far as serving: a bad setting, a model that does not
+                # load. Starting it again would fail again, so everything stops.
+                log.error("worker %d failed to start (status %d); stopping", worker.index,
+                          code)
+                worker.process = None
+                self._stop.set()
+                return
+            ran = now - worker.started
+            worker.backoff_s = (BACKOFF_INITIAL_S if ran >= STEADY_S
+                                else min(worker.backoff_s * 2, BACKOFF_MAX_S))
+            log.error("worker %d exited with status %d after %.0fs; starting it again in "
+                      "%.0fs", worker.index, code, ran, worker.backoff_s)
+            worker.process, worker.port = None, None
+            worker.next_start = now + worker.backoff_s
 
     def close(self) -> None:
         """Stop every worker (SIGTERM, then SIGKILL after `STOP_GRACE_S`) and the endpoint."""
@@ -276,8 +275,6 @@ class Supervisor:
         return True, ""
 
     def inspect(self, series: str) -> dict[str, Any] | None:
-        import json
-
         query = "/series?" + urllib.parse.urlencode({"name": series})
         for worker in self.workers:
             answer = self.fetch(worker, query)
@@ -311,26 +308,23 @@ class WorkerMetrics(Collector):
             if not ok:
                 continue
             assert answer is not None
-            for family in merge_families(answer[1].decode("utf-8"), label, families):
-                families[family.name] = family
+            merge_families(answer[1].decode("utf-8"), label, families)
         yield up
         yield restarts
         yield from families.values()
 
 
-def merge_families(text: str, worker: str, into: Mapping[str, Metric]) -> list[Metric]:
+def merge_families(text: str, worker: str, into: dict[str, Metric]) -> None:
     """Parse one worker's exposition ``text`` and add its samples, labelled ``worker``, to the
-    families in ``into`` (new families are returned, with the ones they extend)."""
-    touched = []
+    families in ``into`` (by name; a family not there yet is added)."""
     for family in text_string_to_metric_families(text):
         merged = into.get(family.name)
         if merged is None:
-            merged = Metric(family.name, family.documentation, family.type, family.unit)
+            merged = into[family.name] = Metric(family.name, family.documentation, family.type,
+                                                family.unit)
         for sample in family.samples:
             merged.add_sample(sample.name, {**sample.labels, "worker": worker}, sample.value,
                               sample.timestamp, sample.exemplar)
-        touched.append(merged)
-    return touched
 
 
 def supervise(command: Sequence[str], workers: int, host: str, port: int,

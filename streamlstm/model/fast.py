@@ -490,13 +490,6 @@ class OnnxAutoencoder:
         self._session = ort.InferenceSession(lstm_onnx_graph(model), options,
                                              providers=["CPUExecutionProvider"])
 
-    @classmethod
-    def from_state_dict(cls, architecture: Architecture, state_dict: dict[str, torch.Tensor],
-                        threads: int | None = None) -> OnnxAutoencoder:
-        model = LSTMAutoencoder(architecture)
-        model.load_state_dict(state_dict, strict=True)
-        return cls(model.eval(), threads=threads)
-
     def errors(self, windows: torch.Tensor, per_feature: bool = False) -> torch.Tensor:
         """As `FusedAutoencoder.errors`: ``[B, W, F]`` -> ``[B]`` (``[B, F]`` per feature)."""
         import numpy as np

@@ -146,8 +146,7 @@ def exposition(scored: float, lag: dict[str, float]) -> str:
 def test_merged_metrics_keep_each_family_once_with_a_worker_label() -> None:
     families: dict[str, Any] = {}
     for worker, text in (("0", exposition(5, {"0": 1.0})), ("1", exposition(7, {"1": 2.0}))):
-        for family in merge_families(text, worker, families):
-            families[family.name] = family
+        merge_families(text, worker, families)
 
     class Merged:
         def collect(self) -> Any:
