@@ -137,15 +137,11 @@ def build_service(settings: config_module.Settings, registry: Any = None) -> tup
     device = resolve_device(settings.model.device)
     if device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("model.device", "cpu or auto (no CUDA device is available)", "cuda")
-    if settings.model.backend == "onnxruntime":
-        from streamlstm.model.fast import onnxruntime_available
+    from streamlstm.model.fast import backend_problem
 
-        if device != "cpu":
-            raise ConfigError("model.backend", "auto or torch on CUDA (ONNX Runtime runs here on "
-                              "the CPU only)", "onnxruntime")
-        if not onnxruntime_available():
-            raise ConfigError("model.backend", "auto or torch (ONNX Runtime is not installed: "
-                              "pip install 'streamlstm[onnx]')", "onnxruntime")
+    problem = backend_problem(settings.model.backend, device)
+    if problem is not None:
+        raise ConfigError("model.backend", f"auto or torch ({problem})", settings.model.backend)
     if settings.model.threads:
         torch.set_num_threads(settings.model.threads)
     artifact = load_artifact(settings.model.path)

@@ -504,14 +504,26 @@ class OnnxAutoencoder:
         return torch.from_numpy(parts[0] if len(parts) == 1 else np.concatenate(parts))
 
 
+def backend_problem(backend: str, device: str) -> str | None:
+    """Why ``backend`` cannot serve a model on ``device`` (``cpu``, ``cuda``); None if it can."""
+    if backend not in ("auto", "torch", "onnxruntime"):
+        return f"unknown backend {backend!r}"
+    if backend == "onnxruntime" and device != "cpu":
+        return "ONNX Runtime runs here on the CPU only"
+    if backend == "onnxruntime" and not onnxruntime_available():
+        return "ONNX Runtime is not installed: pip install 'streamlstm[onnx]'"
+    return None
+
+
 def fast_autoencoder(model: LSTMAutoencoder, backend: str = "auto",
                      ) -> FusedAutoencoder | OnnxAutoencoder:
     """The fastest inference path for ``model``: ``auto`` takes ONNX Runtime for an LSTM on the
     CPU when ``onnxruntime`` and ``onnx`` are installed (the ``onnx`` extra), else the torch
     `FusedAutoencoder` (CUDA, GRU, or no ONNX Runtime); ``torch`` / ``onnxruntime`` force one."""
-    if backend not in ("auto", "torch", "onnxruntime"):
-        raise ValueError(f"unknown backend {backend!r}")
     on_cpu = model.output.weight.device.type == "cpu"
+    problem = backend_problem(backend, "cpu" if on_cpu else model.output.weight.device.type)
+    if problem is not None:
+        raise ValueError(problem)
     if backend == "onnxruntime" or (backend == "auto" and on_cpu
                                     and model.architecture.cell == "lstm"
                                     and onnxruntime_available()):
