@@ -249,12 +249,16 @@ class CalibratorBank:
         tail = np.minimum(np.maximum(self._tail[:, None], MIN_TAIL / np.maximum(effective, 1)),
                           1.0) * total
         q = self._quantile(upper, tail)
-        excess = self._mean_excess(hist, over, q, tail)
         body = self._upper_mass(upper, hist, z)
-        beyond = tail * np.exp(np.minimum(-(z - q) / excess, 0.0))
-        p = np.where(z > q, beyond, body) / total
+        beyond = z > q
+        p = body
+        if beyond.any():  # the tail model, only where it is needed (few values are in it)
+            rows = np.nonzero(beyond)
+            excess = self._mean_excess(hist[rows], over[rows], q[rows], tail[rows])
+            p[rows] = tail[rows] * np.exp(np.minimum(-(z[rows] - q[rows]) / excess, 0.0))
+        p /= total
         floor = 1.0 / np.maximum(effective, 1)
-        p = np.where(z > q, p, np.maximum(p, floor))
+        p = np.where(beyond, p, np.maximum(p, floor))
         return (-np.log10(np.minimum(np.maximum(p, _TINY), 1.0))).mean(axis=-1)
 
     @staticmethod

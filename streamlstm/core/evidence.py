@@ -22,7 +22,7 @@ from typing import ClassVar
 import numpy as np
 
 from streamlstm.core.calibration import CalibrationSettings, KindCalibration, kind_calibration
-from streamlstm.core.memory import WindowMemory
+from streamlstm.core.memory import Distances, WindowMemory
 from streamlstm.core.scoring import Spread
 from streamlstm.core.state import SeriesRegistry
 
@@ -53,8 +53,8 @@ class Round:
     _extra: dict[str, np.ndarray] = field(default_factory=dict)
 
     @cached_property
-    def distances(self) -> np.ndarray:
-        """Squared distances ``[n, capacity]`` to each remembered past window."""
+    def distances(self) -> Distances:
+        """The distances to each remembered past window."""
         assert self.memory is not None and self.held is not None
         return self.memory.distances(self.slots, self.held, self.scale)
 
@@ -87,7 +87,7 @@ class Novelty(Evidence):
     name = "memory"
 
     def measure(self, rnd: Round) -> np.ndarray:
-        return WindowMemory.nearest(rnd.distances)
+        return rnd.distances.nearest()
 
 
 class Seasonal(Evidence):
@@ -100,9 +100,7 @@ class Seasonal(Evidence):
         return kind_calibration(settings, self.name, history=settings.seasonal_history)
 
     def measure(self, rnd: Round) -> np.ndarray:
-        assert rnd.memory is not None
-        return rnd.memory.seasonal(rnd.distances, rnd.periods, self.periods,
-                                   SEASON_SHIFT_FRACTION)
+        return rnd.distances.seasonal(rnd.periods, self.periods, SEASON_SHIFT_FRACTION)
 
 
 class CoarseNovelty(Evidence):
@@ -139,8 +137,7 @@ class CoarseNovelty(Evidence):
         window = held.astype(np.float64)
         centred = window - window.mean(axis=1, keepdims=True)
         scale = self.spread.update(slots, centred.var(axis=1))
-        d2 = self.memory.distances(slots, held, scale)
-        out[np.flatnonzero(ends)[full]] = WindowMemory.nearest(d2)
+        out[np.flatnonzero(ends)[full]] = self.memory.distances(slots, held, scale).nearest()
         return out
 
 

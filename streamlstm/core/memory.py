@@ -168,38 +168,41 @@ class WindowMemory:
         self.terms[slots] = (past * (past - 2 * newest)).sum(axis=3)
         return moved
 
-    def distances(self, slots: np.ndarray, newest: np.ndarray, scale: np.ndarray) -> np.ndarray:
-        """Squared distance ``[n, capacity]`` (float32) from each series' newest window (as
-        `push` returned it) to the window at each lag ``W + i``, summed over features in units
-        of ``scale`` ``[n, F]``; inf where that window is not (fully) remembered."""
+    def distances(self, slots: np.ndarray, newest: np.ndarray, scale: np.ndarray,
+                  ) -> Distances:
+        """Squared distances from each series' newest window (as `push` returned it) to the
+        window at each lag ``W + i`` (``i < capacity``), summed over features in units of
+        ``scale`` ``[n, F]``, not (fully) remembered windows excluded (`Distances`)."""
         w, c = self.window, self.capacity
         unit = self.unit[slots]
         own = np.square(newest / unit[:, None, :]).sum(axis=1)  # [n, F], in units
         weight = np.square(unit / scale)
         # Below this fraction of the newest window's own norm a distance is float32 rounding
         # (an exactly repeating series), not a difference: it counts as none.
-        floor = (NOISE_FLOOR * (own * weight).sum(axis=1, keepdims=True)).astype(np.float32)
-        out = np.empty((len(slots), c), np.float32)
+        floor = (NOISE_FLOOR * (own * weight).sum(axis=1)).astype(np.float32)
+        raw = np.empty((len(slots), c), np.float32)
         held = self.held[slots]
         # Windows not (fully) remembered yet: those at columns past ``last`` (inf).
         last = np.where(held < c + 2 * w, held - 2 * w, c)
         columns = np.arange(c)
+        single = self.terms.shape[2] == 1
         for start in range(0, len(slots), CHUNK):
             part = slice(start, start + CHUNK)
-            d2 = out[part]
-            if self.terms.shape[2] == 1:
+            d2 = raw[part]
+            if single:  # the map to units is applied per row afterwards (see Distances)
                 np.take(self.terms[:, :, 0], slots[part], axis=0, out=d2)
-                d2 += own[part].astype(np.float32)
-                d2 *= weight[part].astype(np.float32)
             else:
                 terms = self.terms[slots[part]]
                 d2[:] = ((terms + own[part, None, :]) * weight[part, None, :]).sum(
                     axis=2, dtype=np.float32)
-            np.copyto(d2, np.float32(0.0), where=d2 <= floor[part])
             if (last[part] < c).any():
                 np.copyto(d2, np.float32(np.inf), where=columns > last[part][:, None])
-        self._forget_guarded(slots, out)
-        return out
+        self._forget_guarded(slots, raw)
+        if single:
+            return Distances(raw, own[:, 0].astype(np.float32), weight[:, 0].astype(np.float32),
+                             floor, window=w)
+        return Distances(raw, np.zeros(len(slots), np.float32), np.ones(len(slots), np.float32),
+                         floor, window=w)
 
     def guard_open(self, slots: np.ndarray, lead: int = 0) -> None:
         """Open a guarded interval at each slot's newest value (slots without one open): the
@@ -250,21 +253,54 @@ class WindowMemory:
                   & live[rows, :, None]).any(axis=1)
         d2[rows] = np.where(hidden, np.float32(np.inf), d2[rows])
 
-    @staticmethod
-    def nearest(d2: np.ndarray) -> np.ndarray:
-        """Distance to the nearest remembered window, NaN where none is."""
-        if d2.shape[1] == 0:
-            return np.full(len(d2), np.nan)
-        best = d2.min(axis=1)
+
+class Distances:
+    """What `WindowMemory.distances` found for a round: per row ``d2 = (raw + offset) *
+    weight``, 0 where at most ``floor``, inf where the window is not remembered.
+
+    ``raw`` is the memory's sliding terms as they are (for one feature; the whole distance
+    for several), so that the nearest window, a minimum, is found on ``raw`` and mapped to
+    units once per row: the map is monotonic, so this is the minimum of `squared` bit for bit
+    without computing the whole matrix."""
+
+    def __init__(self, raw: np.ndarray, offset: np.ndarray, weight: np.ndarray,
+                 floor: np.ndarray, window: int) -> None:
+        self.raw = raw  # [n, capacity] float32, inf where not remembered
+        self.offset = offset  # [n] float32
+        self.weight = weight  # [n] float32
+        self.floor = floor  # [n] float32
+        self.window = window
+
+    def _to_units(self, raw: np.ndarray) -> np.ndarray:
+        """``raw`` (``[n]`` or ``[n, k]``) mapped to squared distances in units."""
+        extra = (slice(None),) + (None,) * (raw.ndim - 1)
+        d2 = (raw + self.offset[extra]) * self.weight[extra]
+        np.copyto(d2, np.float32(0.0), where=d2 <= self.floor[extra])
+        np.copyto(d2, np.float32(np.inf), where=np.isinf(raw))
+        return d2
+
+    def squared(self) -> np.ndarray:
+        """The squared distances ``[n, capacity]`` (float32), inf where not remembered."""
+        return self._to_units(self.raw)
+
+    def _nearest_of(self, raw: np.ndarray) -> np.ndarray:
+        """Distance of the nearest of ``raw`` ``[n, k]``'s windows, NaN where none is."""
+        if raw.shape[1] == 0:
+            return np.full(len(raw), np.nan)
+        best = self._to_units(raw.min(axis=1))
         return np.where(np.isfinite(best), np.sqrt(best), np.nan)
 
-    def seasonal(self, d2: np.ndarray, periods: np.ndarray, n_periods: int,
-                 shift_fraction: float) -> np.ndarray:
+    def nearest(self) -> np.ndarray:
+        """Distance to the nearest remembered window, NaN where none is."""
+        return self._nearest_of(self.raw)
+
+    def seasonal(self, periods: np.ndarray, n_periods: int, shift_fraction: float,
+                 ) -> np.ndarray:
         """Distance to the nearest of the windows ``k * period`` values back (``k = 1..
         n_periods``, each up to ``shift`` values early or late), NaN where none is remembered
         or the series has no period (0). Periods shorter than the window (plus the shift) are
         skipped, so the windows compared never overlap the newest one."""
-        out = np.full(len(d2), np.nan)
+        out = np.full(len(self.raw), np.nan)
         w = self.window
         for period in np.unique(periods[periods > 0]).tolist():
             rows = np.flatnonzero(periods == period)
@@ -273,9 +309,10 @@ class WindowMemory:
             ks = np.arange(k_first, k_first + n_periods)
             lags = (ks[:, None] * period + np.arange(-shift, shift + 1)).ravel()
             cols = lags - w
-            cols = cols[(cols >= 0) & (cols < d2.shape[1])]
+            cols = cols[(cols >= 0) & (cols < self.raw.shape[1])]
             if len(cols) == 0:
                 continue
-            best = d2[rows][:, cols].min(axis=1)
-            out[rows] = np.where(np.isfinite(best), np.sqrt(best), np.nan)
+            picked = Distances(self.raw[rows][:, cols], self.offset[rows], self.weight[rows],
+                               self.floor[rows], w)
+            out[rows] = picked.nearest()
         return out

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -67,6 +68,10 @@ from streamlstm.model.artifact import Artifact
 
 # Below this many windows a period has no phase worth comparing.
 MIN_SEASON_WINDOWS = 4
+# Windows judged together at most: the series of a round are independent, and a round's
+# temporaries (a [rows, memory capacity] distance matrix, the calibrators' histograms) grow
+# with it, to 40 MB at 5000 rows, while past a few hundred rows numpy's per-call cost is paid.
+ROUND_ROWS = 512
 
 
 # Settings that bound or age the state but do not shape it: a snapshot restores across them.
@@ -395,7 +400,8 @@ class Pipeline:
         periods = self.settings.season_values(self.router.interval[pushes.slots[ready]])
         # Only real points enter the memory: interpolated stretches are not what a series did.
         real = np.flatnonzero(pushes.point >= 0)
-        for block in round_blocks(rank_within_groups(pushes.slots[real])):  # k-th real points
+        # The k-th real points of every series together, ROUND_ROWS at most at a time.
+        for block in round_blocks(rank_within_groups(pushes.slots[real]), ROUND_ROWS):
             block = real[block]
             slots = pushes.slots[block]
             held = (self.memory.push(slots, pushes.values[block])
@@ -431,44 +437,53 @@ class Pipeline:
               feature_errors: np.ndarray | None, verdicts: _Verdicts,
               warmup: Sequence[bool] | None, result: StepResult) -> None:
         """One Score per ready window, in input order (``order``), but for warm-up points."""
-        version = self.model_version
-        kinds = self.settings.evidence_kinds
-        rounded = np.round(verdicts.parts, 3)
-        calibrated = ~np.isnan(rounded)
-        every_kind: list[bool] = np.asarray(calibrated.all(axis=1)).tolist()
-        rounded_rows = rounded.tolist()
-        calibrated_rows = calibrated.tolist()
+        positions = pushes.point[ready][order]  # each window's point in ``part``
+        if warmup is not None:
+            live = ~np.asarray(warmup[offset : offset + len(part)], bool)[positions]
+            order, positions = order[live], positions[live]
+        if not len(order):
+            return
+        points = [part[i] for i in positions.tolist()]
+        novelty = verdicts.novelty[order]
+        known = np.isfinite(novelty)
+        novelties = (novelty.tolist() if known.all() else
+                     [v if ok else None for v, ok in zip(novelty.tolist(), known.tolist(),
+                                                         strict=True)])
         features = self.artifact.feature_names
-        top_of = ([features[t] for t in tops.tolist()] if len(features) > 1
-                  else [None] * len(tops))
-        per_feature = ([tuple(row) for row in feature_errors.tolist()]
-                       if feature_errors is not None else [None] * len(tops))
-        thresholds = verdicts.thresholds.tolist()
-        positions = pushes.point[ready].tolist()
-        finite = np.isfinite(verdicts.novelty)
-        novelties = np.where(finite, verdicts.novelty, 0.0).tolist()
-        finite_novelty = finite.tolist()
-        error_list, score_list = errors.tolist(), verdicts.scores.tolist()
-        flagged_list, alarm_list = verdicts.flagged.tolist(), verdicts.alarms.tolist()
-        out_positions, out_scores = result.positions, result.scores
-        for j in order.tolist():
-            i = positions[j]
-            if warmup is not None and warmup[offset + i]:
-                continue
-            point = part[i]
-            row = rounded_rows[j]
-            if every_kind[j]:
-                evidence = dict(zip(kinds, row, strict=True))
-            else:  # NaN: a kind not calibrated yet
-                evidence = {kind: value for kind, value, known
-                            in zip(kinds, row, calibrated_rows[j], strict=True) if known}
-            out_positions.append(offset + i)
-            out_scores.append(Score(
-                series=point.series, timestamp=point.timestamp, values=point.values,
-                error=error_list[j], score=score_list[j], threshold=thresholds[j],
-                is_anomaly=flagged_list[j], model_version=version,
-                novelty=novelties[j] if finite_novelty[j] else None, evidence=evidence,
-                top_feature=top_of[j], alarm=alarm_list[j], feature_errors=per_feature[j]))
+        top_of: Iterable[str | None] = ([features[t] for t in tops[order].tolist()]
+                                        if len(features) > 1 else repeat(None))
+        per_feature: Iterable[tuple[float, ...] | None] = (
+            map(tuple, feature_errors[order].tolist()) if feature_errors is not None
+            else repeat(None))
+        result.positions.extend((positions + offset).tolist())
+        # Columns to Score objects without a Python loop per window: Score's fields in order.
+        result.scores.extend(map(
+            Score, [p.series for p in points], [p.timestamp for p in points],
+            [p.values for p in points], errors[order].tolist(),
+            verdicts.scores[order].tolist(), verdicts.thresholds[order].tolist(),
+            verdicts.flagged[order].tolist(), repeat(self.model_version), novelties,
+            self._evidence(verdicts.parts[order]), top_of, per_feature,
+            verdicts.alarms[order].tolist()))
+
+    def _evidence(self, parts: np.ndarray) -> list[dict[str, float]]:
+        """Each window's surprise per calibrated kind (rounded), as ``Score.evidence``."""
+        kinds = self.settings.evidence_kinds
+        rounded = np.round(parts, 3)
+        known = ~np.isnan(rounded)
+        if known.all():
+            return list(map(dict, map(zip, repeat(kinds), rounded.tolist())))
+        # A kind still warming up (NaN) is left out: rows grouped by which kinds they have.
+        out: list[dict[str, float]] = [{}] * len(rounded)
+        pattern = known @ (1 << np.arange(len(kinds)))
+        for which in np.unique(pattern).tolist():
+            rows = np.flatnonzero(pattern == which)
+            columns = [k for k in range(len(kinds)) if which >> k & 1]
+            names = [kinds[k] for k in columns]
+            values = rounded[rows][:, columns].tolist()
+            for row, evidence in zip(rows.tolist(), map(dict, map(zip, repeat(names), values)),
+                                     strict=True):
+                out[row] = evidence
+        return out
 
     # ---- model swaps and snapshots ----
 

@@ -62,13 +62,17 @@ def rank_within_groups(grouped: np.ndarray) -> np.ndarray:
     return np.arange(len(grouped)) - np.repeat(starts, lengths)
 
 
-def round_blocks(rank: np.ndarray) -> list[np.ndarray]:
-    """Indices into ``rank`` for round 0, 1, ...: the k-th element of every group together."""
+def round_blocks(rank: np.ndarray, limit: int | None = None) -> list[np.ndarray]:
+    """Indices into ``rank`` for round 0, 1, ...: the k-th element of every group together,
+    each round cut into pieces of at most ``limit`` (None: whole)."""
     if len(rank) == 0:
         return []
     by_round = np.argsort(rank, kind="stable")
     counts = np.bincount(rank)
-    return np.split(by_round, np.cumsum(counts)[:-1])
+    blocks = np.split(by_round, np.cumsum(counts)[:-1])
+    if limit is None:
+        return blocks
+    return [block[i : i + limit] for block in blocks for i in range(0, len(block), limit)]
 
 
 class Router:

@@ -214,7 +214,7 @@ def test_windows_holding_guarded_values_count_as_not_remembered() -> None:
         if i == 64:
             memory.guard_close(slots[:1])  # ... to value 64 only (marked last at 59)
             memory.guard_mark(slots[:1])
-    d2 = memory.distances(slots, newest, scale)
+    d2 = memory.distances(slots, newest, scale).squared()
     newest_index = len(values) - 1
     # Column i is the window ending at newest - w - i: it holds value 59 for i in 36..39.
     ends = newest_index - w - np.arange(capacity)
@@ -222,4 +222,4 @@ def test_windows_holding_guarded_values_count_as_not_remembered() -> None:
     assert np.isinf(d2[0][holds]).all() and np.isfinite(d2[0][~holds]).all()
     assert np.isfinite(d2[1]).all()
     memory.guard_release(slots[:1])
-    np.testing.assert_array_equal(memory.distances(slots, newest, scale)[0], d2[1])
+    np.testing.assert_array_equal(memory.distances(slots, newest, scale).squared()[0], d2[1])

@@ -90,11 +90,12 @@ def test_matches_a_brute_force_search_at_a_large_level() -> None:
     checked = 0
     for t in range(len(values)):
         ring = memory.push(slots, values[t : t + 1])
-        d2 = memory.distances(slots, ring, scale)
+        found = memory.distances(slots, ring, scale)
+        d2 = found.squared()
         assert d2.shape == (1, capacity)
         expected = brute_d2(values, t, window, capacity, scale[0])
         assert_d2(d2[0], expected)
-        checked += same_nearest(float(memory.nearest(d2)[0]), brute_nearest(expected))
+        checked += same_nearest(float(found.nearest()[0]), brute_nearest(expected))
     assert checked > 200
 
 
@@ -119,11 +120,11 @@ def test_a_repeating_pattern_is_familiar_and_a_new_level_is_not() -> None:
     for v in values:
         ring = memory.push(slots, v[None])
     # Exactly the same window came by a period ago (float32 cancellation would leave ~1e-3).
-    assert memory.nearest(memory.distances(slots, ring, scale))[0] < 1e-2
+    assert memory.distances(slots, ring, scale).nearest()[0] < 1e-2
     for v in values[-window:] + 3.0:  # the same shape, three units higher
         ring = memory.push(slots, v[None])
     # Every element differs by at least 1 from anything seen: at least sqrt(8) / 0.5.
-    assert memory.nearest(memory.distances(slots, ring, scale))[0] > math.sqrt(8) / 0.5
+    assert memory.distances(slots, ring, scale).nearest()[0] > math.sqrt(8) / 0.5
 
 
 def test_no_distance_until_a_non_overlapping_window_exists() -> None:
@@ -133,16 +134,18 @@ def test_no_distance_until_a_non_overlapping_window_exists() -> None:
     one = np.ones((1, 1))
     for t in range(7):
         ring = memory.push(slots, np.array([[float(t)]]))
-        d2 = memory.distances(slots, ring, one)
+        found = memory.distances(slots, ring, one)
+        d2 = found.squared()
         assert np.isinf(d2).all()
-        assert math.isnan(memory.nearest(d2)[0])
+        assert math.isnan(found.nearest()[0])
     for t in range(7, 12):
         ring = memory.push(slots, np.array([[float(t)]]))
-        d2 = memory.distances(slots, ring, one)
+        found = memory.distances(slots, ring, one)
+        d2 = found.squared()
         # One more remembered window per value: held - 2 W + 1 of them.
         assert np.isfinite(d2[0]).sum() == t + 1 - 2 * window + 1
     # At t = 11 the nearest is the window just before, [4..7] vs [8..11]: 4 * 4^2.
-    assert memory.nearest(d2)[0] == pytest.approx(8.0, rel=RTOL)
+    assert found.nearest()[0] == pytest.approx(8.0, rel=RTOL)
     assert d2[0, 0] == pytest.approx(64.0, rel=RTOL)
     assert d2[0, 1] == pytest.approx(4 * 5**2, rel=RTOL)
 
@@ -152,9 +155,10 @@ def test_without_capacity_the_memory_only_keeps_the_ring() -> None:
     slots = slots_of(registry, ["a"])
     for v in range(10):
         ring = memory.push(slots, np.array([[float(v)]]))
-    d2 = memory.distances(slots, ring, np.ones((1, 1)))
+    found = memory.distances(slots, ring, np.ones((1, 1)))
+    d2 = found.squared()
     assert d2.shape == (1, 0)
-    assert math.isnan(memory.nearest(d2)[0])
+    assert math.isnan(found.nearest()[0])
     np.testing.assert_array_equal(ring[0, :, 0] + memory.ref[slots[0]], [9, 8, 7])
 
 
@@ -213,14 +217,16 @@ def test_many_steps_of_several_series_together_match_each_alone_and_brute_force(
         values = np.stack([s.values[step - s.start] for s in live])
         scale = np.stack([s.scale for s in live])
         ring = together.push(rows, values)
-        d2 = together.distances(rows, ring, scale)
-        nearest = together.nearest(d2)
+        found = together.distances(rows, ring, scale)
+        d2 = found.squared()
+        nearest = found.nearest()
         for j, s in enumerate(live):
             refreshed[s.name] += int(together.age[slots[s.name]] == 0)
             _, memory_alone = alone[s.name]
             one = alone_slot[s.name]
             ring_alone = memory_alone.push(one, values[j : j + 1])
-            d2_alone = memory_alone.distances(one, ring_alone, scale[j : j + 1])
+            found_alone = memory_alone.distances(one, ring_alone, scale[j : j + 1])
+            d2_alone = found_alone.squared()
             # Batched across series is the same computation row by row: bit for bit.
             assert np.array_equal(ring[j], ring_alone[0]), (s.name, step)
             assert np.array_equal(d2[j], d2_alone[0]), (s.name, step)
@@ -264,12 +270,13 @@ def test_a_far_drifting_level_keeps_its_distances_accurate() -> None:
     for t in range(n):
         ring = memory.push(slots, values[t : t + 1])
         if t >= n - 2000 and t % 3 == 0:  # late in the run, the level far from its start
-            d2 = memory.distances(slots, ring, scale)
+            found = memory.distances(slots, ring, scale)
+            d2 = found.squared()
             expected = brute_d2(values, t, window, capacity, scale[0])
             # d2 to the float16 storage's precision (2^-11 of the unit per value; for a
             # counter the unit spans its climb, so a few 1e-3 of these large distances).
             checked += assert_d2(d2[0], expected, rtol=5e-3)
-            same_nearest(float(memory.nearest(d2)[0]), brute_nearest(expected))
+            same_nearest(float(found.nearest()[0]), brute_nearest(expected))
     assert checked == 667 * capacity
     assert memory.ref[slots[0], 0] > 5e5  # it did move its reference
 
@@ -302,10 +309,10 @@ def test_seasonal_distance_matches_a_brute_force_search() -> None:
     checked = 0
     for t in range(values.shape[1]):
         ring = memory.push(slots, values[:, t])
-        d2 = memory.distances(slots, ring, np.tile(scale, (len(names), 1)))
+        found = memory.distances(slots, ring, np.tile(scale, (len(names), 1)))
         expected_d2 = [brute_d2(values[j], t, window, capacity, scale) for j in range(len(names))]
         for n_periods, shift_fraction in ((3, 0.0), (2, 0.1), (5, 0.5)):
-            got = memory.seasonal(d2, periods, n_periods, shift_fraction)
+            got = found.seasonal(periods, n_periods, shift_fraction)
             for j, period in enumerate(periods.tolist()):
                 shift = max(1, round(period * shift_fraction))
                 expected = brute_seasonal(expected_d2[j], window, period, n_periods, shift)
@@ -325,18 +332,77 @@ def test_a_missing_daily_peak_is_far_from_the_same_time_yesterday_not_from_the_p
     scale = np.ones((1, 1))
     for v in values[: 9 * day + 14]:
         ring = memory.push(slots, np.array([[v]]))
-    d2 = memory.distances(slots, ring, scale)
-    assert memory.nearest(d2)[0] < 1e-3  # flat windows are everywhere
+    found = memory.distances(slots, ring, scale)
+    assert found.nearest()[0] < 1e-3  # flat windows are everywhere
     # The same time on earlier days had the peak: sqrt(4 * 25) at the least.
-    seasonal = memory.seasonal(d2, np.array([day]), 7, 1 / 24)
+    seasonal = found.seasonal(np.array([day]), 7, 1 / 24)
     assert seasonal[0] > 5.0
-    assert math.isnan(memory.seasonal(d2, np.array([0]), 7, 1 / 24)[0])  # no season
+    assert math.isnan(found.seasonal(np.array([0]), 7, 1 / 24)[0])  # no season
     # The day before, at the same time, is what the peak looked like: a day with the peak
     # pushed one more value on is seasonal-close again.
     registry2, memory2 = make(window, 1, 300)
     slots2 = slots_of(registry2, ["a"])
     for v in np.tile(pattern, 10)[: 9 * day + 14]:
         ring2 = memory2.push(slots2, np.array([[v]]))
-    d2_normal = memory2.distances(slots2, ring2, scale)
-    assert memory2.seasonal(d2_normal, np.array([day]), 7, 1 / 24)[0] < 1e-3
+    found_normal = memory2.distances(slots2, ring2, scale)
+    assert found_normal.seasonal(np.array([day]), 7, 1 / 24)[0] < 1e-3
 
+
+
+def reference_nearest(d2: np.ndarray, columns: np.ndarray | None = None) -> np.ndarray:
+    """The nearest distance read off the whole squared-distance matrix."""
+    picked = d2 if columns is None else d2[:, columns]
+    if picked.shape[1] == 0:
+        return np.full(len(d2), np.nan)
+    best = picked.min(axis=1)
+    return np.where(np.isfinite(best), np.sqrt(best), np.nan)
+
+
+def test_the_nearest_window_found_on_the_raw_terms_is_the_matrix_minimum_bit_for_bit() -> None:
+    """`Distances.nearest` and `seasonal` take the minimum before mapping to units; over
+    series filling up, repeating exactly (the noise floor), guarded and not, that is the
+    minimum of `squared` exactly."""
+    window, capacity, day = 4, 60, 12
+    rng = np.random.default_rng(5)
+    names = ["noisy", "repeating", "guarded", "flat_then_noisy", "flat"]
+    registry, memory = make(window, 1, capacity)
+    slots = slots_of(registry, names)
+    pattern = rng.normal(size=day)
+    scale = np.array([[1.0], [0.5], [2.0], [1.0], [3.0]])
+    periods = np.array([day, day, 0, day, 5])
+    compared = 0
+    seen = {"guarded": False, "empty": False, "filling": False, "floor": False}
+    for t in range(200):
+        values = np.array([[rng.normal()], [pattern[t % day]], [rng.normal() * 5],
+                           [rng.normal() if t >= 90 else 0.0], [1.0]])
+        ring = memory.push(slots, values)
+        if t == 70:
+            memory.guard_open(slots[2:3])
+        if 70 < t <= 120:
+            memory.guard_mark(slots[2:3])
+        if t == 150:
+            memory.guard_close(slots[2:3])
+        found = memory.distances(slots, ring, scale)
+        d2 = found.squared()
+        np.testing.assert_array_equal(found.nearest(), reference_nearest(d2))
+        for n_periods, shift_fraction in ((2, 0.0), (3, 0.2)):
+            got = found.seasonal(periods, n_periods, shift_fraction)
+            for j, period in enumerate(periods.tolist()):
+                if period == 0:
+                    assert math.isnan(got[j])
+                    continue
+                shift = max(1, round(period * shift_fraction))
+                k_first = -(-(window + shift) // period)
+                lags = (np.arange(k_first, k_first + n_periods)[:, None] * period
+                        + np.arange(-shift, shift + 1)).ravel()
+                cols = lags - window
+                cols = cols[(cols >= 0) & (cols < capacity)]
+                np.testing.assert_array_equal(got[j : j + 1],
+                                              reference_nearest(d2[j : j + 1], cols))
+        compared += int(np.isfinite(found.nearest()).sum())
+        seen["guarded"] |= bool(t > 120 and np.isinf(d2[2]).any() and np.isfinite(d2[2]).any())
+        seen["empty"] |= bool(math.isnan(found.nearest()[0]))
+        seen["filling"] |= bool(np.isfinite(d2[0]).any() and np.isinf(d2[0]).any())
+        seen["floor"] |= bool(found.nearest()[1] == 0.0)
+    assert compared > 4 * 150
+    assert all(seen.values()), seen  # it met each case
