@@ -63,7 +63,9 @@ class WindowMemory:
         self.window = window
         self.capacity = capacity
         self.size = capacity + 2 * window
-        self.slack = max(16, self.size // 16)
+        # The ring is copied up once every slack values: at size / 64 that is 128 bytes copied
+        # per value appended, little beside the 4 capacity bytes of terms each one updates.
+        self.slack = max(16, self.size // 64)
         # Newest first: the values from the newest back are ``values[slot, pos : pos + size]``.
         self.values = registry.add(f"{prefix}.values", (self.size + self.slack, n_features),
                                    np.float16)

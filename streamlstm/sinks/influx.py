@@ -1,7 +1,9 @@
 """The InfluxDB sink: scores as line protocol through influxdb-client's synchronous write API.
 
 One point per score: measurement ``settings.measurement``, one tag ``series``, float fields
-``value`` (``value_1``, ``value_2``... for further features), ``score``, ``error``,
+``value`` (``value_1``, ``value_2``... for further features), ``score``, ``error``
+(``error_0``, ``error_1``... beside it for multi-feature models: each feature's reconstruction
+error in the model's feature order, ``error`` being their mean),
 ``novelty`` (once the series' memory holds a past window), ``surprise_model``,
 ``surprise_memory``, ``surprise_seasonal``, ``surprise_coarse`` (why: each kind of evidence's
 surprise, -log10 of its tail probability, once that kind is calibrated), string field
@@ -152,7 +154,9 @@ def to_lines(scores: Sequence[Score], measurement: str) -> list[str]:
                        f"model_version={version}{novelty},score={score!r}{surprises},"
                        f"threshold={threshold!r}{top},value={value!r} {ns}")
                 continue
-        fields = [alarm.rstrip(","), _field("error", error), f"is_anomaly={anomaly}",
+        per_feature = ([_field(f"error_{i}", float(e)) for i, e in enumerate(s.feature_errors)]
+                       if s.feature_errors is not None else [])
+        fields = [alarm.rstrip(","), _field("error", error), *per_feature, f"is_anomaly={anomaly}",
                   f"model_version={version}", novelty.lstrip(","), _field("score", score),
                   surprises.lstrip(","), _field("threshold", threshold), top.lstrip(",")]
         for i, raw in enumerate(values):

@@ -77,3 +77,13 @@ def test_novelty_is_per_score_within_one_batch() -> None:
     lines = to_lines([score(novelty=None), score(novelty=0.75), score(novelty=math.nan),
                       score(values=(1.0, 2.0), novelty=4.0)], "m")
     assert [fields(line).get("novelty") for line in lines] == [None, "0.75", None, "4.0"]
+
+
+def test_each_features_error_is_a_field_of_its_own_beside_their_mean() -> None:
+    several = score(values=(1.0, 2.0, 3.0), error=0.2)
+    several.feature_errors = (0.5, 0.1, math.nan)  # a non-finite one is left out
+    several.top_feature = "cpu"
+    assert fields(to_lines([several], "m")[0]) == {
+        "alarm": "false", "error": "0.2", "error_0": "0.5", "error_1": "0.1",
+        "is_anomaly": "false", "score": "0.2", "threshold": "0.9", "top_feature": '"cpu"',
+        "value": "1.0", "value_1": "2.0", "value_2": "3.0"}
