@@ -20,8 +20,9 @@ table below reuses those scores. It prints:
   of the held-out scores (a category without labelled windows, such as artificialNoAnomaly, has
   no normalised score of its own, but its false alarms count in the pooled sum);
 - an ablation in the same run (skip it with ``--no-ablation``): the model's reconstruction
-  error alone, the series' window memory alone, the seasonal comparison alone and the default
-  less the seasonal comparison, against the default.
+  error alone, the series' window memory alone, the seasonal comparison alone, model and memory
+  together, and the default less the model (does the LSTM earn its place?), against the
+  default.
 It writes ``per_file.txt`` (the per-file table), ``report.json``, ``quality.json`` and one plot
 per series (unless ``--no-plots``) under ``--output``. With ``--json``, ``quality.json`` holds
 every figure printed (per category, leave-one-category-out, the run's settings) besides the
@@ -288,8 +289,8 @@ def main() -> None:
     extended: dict[str, dict[str, Any]] = {}
     default = PipelineSettings().evidence
     variants = [default]
-    if not args.no_ablation:  # each kind alone, and the default less the seasonal comparison
-        variants += ["model", "memory", "seasonal", "model+memory"]
+    if not args.no_ablation:  # each kind alone, model+memory, and the default less the model
+        variants += ["model", "memory", "seasonal", "model+memory", "memory+seasonal+coarse"]
     tradeoff: list[tuple[float, Any, float]] = []
     default_series: list[Any] = []
     default_report: Any = None

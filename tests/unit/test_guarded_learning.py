@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from streamlstm.core.calibration import CalibrationSettings, CalibratorBank, kind_calibration
+from streamlstm.core.guard import GUARD_WEIGHT, LearningGuard
 from streamlstm.core.memory import WindowMemory
 from streamlstm.core.pipeline import Pipeline, PipelineSettings, StepResult
 from streamlstm.core.records import Point, Score
@@ -223,3 +224,66 @@ def test_windows_holding_guarded_values_count_as_not_remembered() -> None:
     assert np.isfinite(d2[1]).all()
     memory.guard_release(slots[:1])
     np.testing.assert_array_equal(memory.distances(slots, newest, scale).squared()[0], d2[1])
+
+
+def steps(guard: LearningGuard, scores: Sequence[float], threshold: float = 0.25,
+          ) -> tuple[list[float], list[bool]]:
+    """One series' windows through ``guard``: the weight and the acceptance of each."""
+    slot = np.array([0])
+    weights, accepts = [], []
+    for score in scores:
+        weight, accepted = guard.step(slot, np.array([score]), np.array([threshold]))
+        assert weight is not None
+        weights.append(float(weight[0]))
+        accepts.append(bool(accepted[0]))
+    return weights, accepts
+
+
+def test_a_clearly_flagged_window_opens_a_stretch_and_a_barely_flagged_one_does_not() -> None:
+    # Threshold 0.25: 0.40 (a fifth of the way to 1) opens a stretch, learnt at GUARD_WEIGHT;
+    # 0.28 (flagged, just past the threshold) and 0.20 (not flagged) are learnt as usual.
+    guard = LearningGuard(SeriesRegistry(3), [], accept_after=300, quiet_after=4)
+    slots = np.array([0, 1, 2])
+    threshold = np.full(3, 0.25)
+    weight, accepted = guard.step(slots, np.array([0.40, 0.28, 0.20]), threshold)
+    assert weight is not None and not accepted.any()
+    assert weight.tolist() == [GUARD_WEIGHT, 1.0, 1.0]
+    # Once open, a window just past the threshold keeps it open (and guarded).
+    weight, _ = guard.step(slots, np.array([0.28, 0.28, 0.20]), threshold)
+    assert weight is not None and weight.tolist() == [GUARD_WEIGHT, 1.0, 1.0]
+
+
+def test_a_stretch_resumed_soon_after_the_last_one_counts_on_towards_acceptance() -> None:
+    accept_after, quiet = 20, 4
+    strong, flagged, calm = 0.5, 0.3, 0.1
+    # 12 windows flagged, then quiet (the stretch ends after 4), and again 3 windows after.
+    first = [strong] + [flagged] * 11 + [calm] * quiet
+    gap = [calm] * 3
+    again = [strong] + [flagged] * 10
+    weights, accepts = steps(LearningGuard(SeriesRegistry(1), [], accept_after, quiet),
+                             first + gap + again)
+    # Accepted once, accept_after windows after the first stretch began, gap included.
+    assert accepts.index(True) == accept_after and sum(accepts) == 1
+    assert weights[len(first) : len(first) + 3] == [1.0] * 3  # the gap is learnt as usual
+    assert weights[accept_after - 1] == GUARD_WEIGHT and weights[accept_after] == 1.0
+    # The same second stretch after a longer gap is a new one: nothing accepted.
+    _, accepts = steps(LearningGuard(SeriesRegistry(1), [], accept_after, quiet),
+                       first + [calm] * quiet + again)
+    assert not any(accepts)
+
+
+def test_a_stretch_resuming_an_accepted_one_is_not_guarded_nor_accepted_again() -> None:
+    accept_after, quiet = 10, 4
+    registry = SeriesRegistry(1)
+    memory = WindowMemory(registry, "memory", 4, 1, 64)
+    guard = LearningGuard(registry, [(memory, 0)], accept_after, quiet)
+    slot = np.array([0])
+    sequence = [0.5] + [0.3] * 14 + [0.1] * quiet + [0.1] * 2 + [0.5] + [0.3] * 5
+    accepts = []
+    for score in sequence:
+        memory.push(slot, np.array([[score]]))
+        weight, accepted = guard.step(slot, np.array([score]), np.array([0.25]))
+        accepts.append(bool(accepted[0]))
+    assert sum(accepts) == 1 and weight is not None and weight[0] == 1.0
+    # Nothing left guarded in the memory: the accepted change is remembered.
+    assert not (memory.guards[0, :, 0] < memory.guards[0, :, 1]).any()
