@@ -32,6 +32,8 @@ series at once.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -256,6 +258,7 @@ class WindowMemory:
         d2[rows] = np.where(hidden, np.float32(np.inf), d2[rows])
 
 
+@dataclass
 class Distances:
     """What `WindowMemory.distances` found for a round: per row ``d2 = (raw + offset) *
     weight``, 0 where at most ``floor``, inf where the window is not remembered.
@@ -265,13 +268,11 @@ class Distances:
     units once per row: the map is monotonic, so this is the minimum of `squared` bit for bit
     without computing the whole matrix."""
 
-    def __init__(self, raw: np.ndarray, offset: np.ndarray, weight: np.ndarray,
-                 floor: np.ndarray, window: int) -> None:
-        self.raw = raw  # [n, capacity] float32, inf where not remembered
-        self.offset = offset  # [n] float32
-        self.weight = weight  # [n] float32
-        self.floor = floor  # [n] float32
-        self.window = window
+    raw: np.ndarray  # [n, capacity] float32, inf where not remembered
+    offset: np.ndarray  # [n] float32
+    weight: np.ndarray  # [n] float32
+    floor: np.ndarray  # [n] float32
+    window: int
 
     def _to_units(self, raw: np.ndarray) -> np.ndarray:
         """``raw`` (``[n]`` or ``[n, k]``) mapped to squared distances in units."""
@@ -285,16 +286,12 @@ class Distances:
         """The squared distances ``[n, capacity]`` (float32), inf where not remembered."""
         return self._to_units(self.raw)
 
-    def _nearest_of(self, raw: np.ndarray) -> np.ndarray:
-        """Distance of the nearest of ``raw`` ``[n, k]``'s windows, NaN where none is."""
-        if raw.shape[1] == 0:
-            return np.full(len(raw), np.nan)
-        best = self._to_units(raw.min(axis=1))
-        return np.where(np.isfinite(best), np.sqrt(best), np.nan)
-
     def nearest(self) -> np.ndarray:
         """Distance to the nearest remembered window, NaN where none is."""
-        return self._nearest_of(self.raw)
+        if self.raw.shape[1] == 0:
+            return np.full(len(self.raw), np.nan)
+        best = self._to_units(self.raw.min(axis=1))
+        return np.where(np.isfinite(best), np.sqrt(best), np.nan)
 
     def seasonal(self, periods: np.ndarray, n_periods: int, shift_fraction: float,
                  ) -> np.ndarray:
@@ -314,7 +311,7 @@ class Distances:
             cols = cols[(cols >= 0) & (cols < self.raw.shape[1])]
             if len(cols) == 0:
                 continue
-            picked = Distances(self.raw[rows][:, cols], self.offset[rows], self.weight[rows],
-                               self.floor[rows], w)
+            picked = Distances(self.raw[np.ix_(rows, cols)], self.offset[rows],
+                               self.weight[rows], self.floor[rows], w)
             out[rows] = picked.nearest()
         return out
