@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from itertools import repeat
 from typing import Any
@@ -72,6 +74,9 @@ MIN_SEASON_WINDOWS = 4
 # temporaries (a [rows, memory capacity] distance matrix, the calibrators' histograms) grow
 # with it, to 40 MB at 5000 rows, while past a few hundred rows numpy's per-call cost is paid.
 ROUND_ROWS = 512
+# With the model beside the rounds, it scores about this many windows at a time; the first
+# chunk, whose model time nothing hides, a quarter of it.
+OVERLAP_WINDOWS = 512
 
 
 # Settings that bound or age the state but do not shape it: a snapshot restores across them.
@@ -214,14 +219,19 @@ class Pipeline:
 
     def __init__(self, artifact: Artifact, settings: PipelineSettings | None = None,
                  device: str = "cpu", clock: Callable[[], float] = time.perf_counter,
-                 alarms: AlarmPolicy | None = None, backend: str = "auto") -> None:
+                 alarms: AlarmPolicy | None = None, backend: str = "auto",
+                 overlap: bool = True) -> None:
         """``alarms`` overrides the artifact's threshold, alarm hold and warm-up, globally
         and per series (ValueError if a value does not fit the model's calibration);
-        ``backend`` picks the model's inference (`Scorer`), for every model it serves."""
+        ``backend`` picks the model's inference (`Scorer`), for every model it serves;
+        ``overlap`` runs the model in a thread of its own beside the rounds (`_rounds`; the
+        scores are the same either way)."""
         self.settings = settings or PipelineSettings()
         self.alarm_policy = alarms or AlarmPolicy()
         self._clock = clock
         self.backend = backend
+        self.overlap = overlap
+        self._executor: ThreadPoolExecutor | None = None
         self.scorer = Scorer(artifact, device=device, backend=backend)
         self.reset_state()
 
@@ -356,43 +366,32 @@ class Pipeline:
         if len(pushes.slots) == 0:
             return
         windows = self.tails.cut(pushes)
-        n_features = windows.shape[2]
-        scales = np.empty((len(ready), n_features))
-        errors = np.empty(len(ready))
-        tops = np.zeros(len(ready), np.int64)
-        feature_errors: np.ndarray | None = None
-        # Windows in input order: the model sees them so, whatever slots the series hold (a
-        # batched matmul rounds a row differently at another position, and a restored pipeline
-        # must score bit for bit as the one that never stopped), and the scores come out so.
-        order = np.argsort(pushes.point[ready], kind="stable")
-        if len(ready):
-            centred = centre(windows.astype(np.float64))
-            r_slots = pushes.slots[ready]
-            for block in round_blocks(pushes.seq[ready]):
-                scales[block] = self.spread.update(r_slots[block], centred[block].var(axis=1))
-            model_started = self._clock()
-            normalised = (centred[order] / scales[order][:, None, :]).astype(np.float32)
-            if n_features > 1:  # which feature the model reconstructs worst, for the output
-                per_feature = self.scorer.errors(normalised, per_feature=True)
-                errors[order] = per_feature.mean(axis=1)
-                tops[order] = per_feature.argmax(axis=1)
-                feature_errors = np.empty_like(per_feature)
-                feature_errors[order] = per_feature
-            else:
-                errors[order] = self.scorer.errors(normalised)
-            result.scoring_seconds += self._clock() - model_started
-        verdicts = self._rounds(pushes, ready, scales, errors)
+        scales = np.empty((len(ready), windows.shape[2]))
+        centred = centre(windows.astype(np.float64))
+        r_slots = pushes.slots[ready]
+        for block in round_blocks(pushes.seq[ready]):
+            scales[block] = self.spread.update(r_slots[block], centred[block].var(axis=1))
+        model = _ModelRun(self.scorer, centred, scales, pushes.point[ready], self._clock)
+        verdicts = self._rounds(pushes, ready, scales, model)
+        result.scoring_seconds += model.seconds
         if verdicts.accepted.any():
             accepted = pushes.point[ready][verdicts.accepted].tolist()
             result.changes_accepted += sum(1 for i in accepted
                                            if warmup is None or not warmup[offset + i])
-        self._emit(part, offset, pushes, ready, order, errors, tops, feature_errors, verdicts,
-                   warmup, result)
+        # Windows in input order, as the scores come out.
+        order = np.argsort(pushes.point[ready], kind="stable")
+        self._emit(part, offset, pushes, ready, order, model, verdicts, warmup, result)
 
     def _rounds(self, pushes: Pushes, ready: np.ndarray, scales: np.ndarray,
-                errors: np.ndarray) -> _Verdicts:
+                model: _ModelRun) -> _Verdicts:
         """Memory, evidence, calibration, guarded learning and alarms, one round of pushes at
-        a time; what was judged of each ready window."""
+        a time; what was judged of each ready window.
+
+        The model's errors are independent of the rounds (a window and its spread are known
+        before them), so with ``overlap`` the model scores the windows of the next rounds in a
+        thread while this one works through the current ones: ONNX Runtime and torch release
+        the GIL, and the two cost about the same.
+        """
         k = len(ready)
         out = _Verdicts.empty(k, len(self.evidence))
         window_of = np.full(len(pushes.slots), -1)
@@ -401,40 +400,67 @@ class Pipeline:
         # Only real points enter the memory: interpolated stretches are not what a series did.
         real = np.flatnonzero(pushes.point >= 0)
         # The k-th real points of every series together, ROUND_ROWS at most at a time.
-        for block in round_blocks(rank_within_groups(pushes.slots[real]), ROUND_ROWS):
-            block = real[block]
-            slots = pushes.slots[block]
-            held = (self.memory.push(slots, pushes.values[block])
-                    if self.memory is not None else None)
-            at = window_of[block]
-            here = at >= 0
-            if not here.any():
-                continue
-            at = at[here]
-            rnd = Round(slots=slots[here], newest=pushes.values[block][here], scale=scales[at],
-                        errors=errors[at], periods=periods[at], memory=self.memory,
-                        held=None if held is None else held[here])
-            raw = np.stack([e.measure(rnd) for e in self.evidence], axis=1)
-            # Scored, judged, then learnt at the weight the guard gives what was flagged.
-            surprise, pending = self.bank.score(rnd.slots, raw)
-            score = np.minimum(combined_surprise(surprise) / SURPRISE_SCALE, 1.0)
-            threshold = self.alarms.threshold_of(rnd.slots)
-            weight, out.accepted[at] = self.guard.step(rnd.slots, score, threshold)
-            self.bank.learn(pending, weight)
-            out.scores[at] = score
-            out.thresholds[at] = threshold
-            out.parts[at] = surprise
-            self.last_score[rnd.slots] = score
-            self.last_surprise[rnd.slots] = np.where(np.isnan(surprise), -1.0, surprise)
-            out.alarms[at] = self.alarms.check(rnd.slots, score)
-            out.flagged[at] = score >= threshold
-            if self._novelty is not None:
-                out.novelty[at] = raw[:, self._novelty]
+        blocks = [real[b] for b in round_blocks(rank_within_groups(pushes.slots[real]),
+                                                ROUND_ROWS)]
+        if self.overlap:
+            target, first = OVERLAP_WINDOWS, OVERLAP_WINDOWS // 4
+            if blocks and len(blocks[0]) > first:  # the rows of a round are independent
+                blocks[:1] = [blocks[0][:first], blocks[0][first:]]
+        else:
+            target = first = k + 1  # one chunk
+        chunks = model_chunks([window_of[b] for b in blocks], target, first)
+        thread = self._model_thread() if len(chunks) > 1 else None
+        with closing(model.ahead(chunks, thread)) as scored:
+            for first, end in scored:
+                for block in blocks[first:end]:
+                    self._round(pushes, block, window_of[block], periods, scales, model, out)
         return out
 
+    def _round(self, pushes: Pushes, block: np.ndarray, at: np.ndarray, periods: np.ndarray,
+               scales: np.ndarray, model: _ModelRun, out: _Verdicts) -> None:
+        """One block of a round: the pushes ``block``, ``at`` the ready window of each (-1:
+        none), their errors already in ``model``."""
+        slots = pushes.slots[block]
+        held = (self.memory.push(slots, pushes.values[block])
+                if self.memory is not None else None)
+        here = at >= 0
+        if not here.any():
+            return
+        at = at[here]
+        rnd = Round(slots=slots[here], newest=pushes.values[block][here], scale=scales[at],
+                    errors=model.errors[at], periods=periods[at], memory=self.memory,
+                    held=None if held is None else held[here])
+        raw = np.stack([e.measure(rnd) for e in self.evidence], axis=1)
+        # Scored, judged, then learnt at the weight the guard gives what was flagged.
+        surprise, pending = self.bank.score(rnd.slots, raw)
+        score = np.minimum(combined_surprise(surprise) / SURPRISE_SCALE, 1.0)
+        threshold = self.alarms.threshold_of(rnd.slots)
+        weight, out.accepted[at] = self.guard.step(rnd.slots, score, threshold)
+        self.bank.learn(pending, weight)
+        out.scores[at] = score
+        out.thresholds[at] = threshold
+        out.parts[at] = surprise
+        self.last_score[rnd.slots] = score
+        self.last_surprise[rnd.slots] = np.where(np.isnan(surprise), -1.0, surprise)
+        out.alarms[at] = self.alarms.check(rnd.slots, score)
+        out.flagged[at] = score >= threshold
+        if self._novelty is not None:
+            out.novelty[at] = raw[:, self._novelty]
+
+    def _model_thread(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="streamlstm-model")
+        return self._executor
+
+    def close(self) -> None:
+        """Stop the model's thread (if one was started); the pipeline starts another when
+        it needs one."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
     def _emit(self, part: Sequence[Point], offset: int, pushes: Pushes, ready: np.ndarray,
-              order: np.ndarray, errors: np.ndarray, tops: np.ndarray,
-              feature_errors: np.ndarray | None, verdicts: _Verdicts,
+              order: np.ndarray, model: _ModelRun, verdicts: _Verdicts,
               warmup: Sequence[bool] | None, result: StepResult) -> None:
         """One Score per ready window, in input order (``order``), but for warm-up points."""
         positions = pushes.point[ready][order]  # each window's point in ``part``
@@ -450,16 +476,16 @@ class Pipeline:
                      [v if ok else None for v, ok in zip(novelty.tolist(), known.tolist(),
                                                          strict=True)])
         features = self.artifact.feature_names
-        top_of: Iterable[str | None] = ([features[t] for t in tops[order].tolist()]
+        top_of: Iterable[str | None] = ([features[t] for t in model.tops[order].tolist()]
                                         if len(features) > 1 else repeat(None))
         per_feature: Iterable[tuple[float, ...] | None] = (
-            map(tuple, feature_errors[order].tolist()) if feature_errors is not None
-            else repeat(None))
+            map(tuple, model.feature_errors[order].tolist())
+            if model.feature_errors is not None else repeat(None))
         result.positions.extend((positions + offset).tolist())
         # Columns to Score objects without a Python loop per window: Score's fields in order.
         result.scores.extend(map(
             Score, [p.series for p in points], [p.timestamp for p in points],
-            [p.values for p in points], errors[order].tolist(),
+            [p.values for p in points], model.errors[order].tolist(),
             verdicts.scores[order].tolist(), verdicts.thresholds[order].tolist(),
             verdicts.flagged[order].tolist(), repeat(self.model_version), novelties,
             self._evidence(verdicts.parts[order]), top_of, per_feature,
@@ -612,6 +638,84 @@ class Pipeline:
                 and "model" in self.settings.evidence_kinds):
             self.bank.reset_kind_of(slots, "model")
         return len(slots)
+
+
+@dataclass(frozen=True)
+class ModelChunk:
+    """Consecutive round blocks ``first:end`` whose ready windows (``windows``) the model
+    scores in one call."""
+
+    first: int
+    end: int
+    windows: np.ndarray
+
+
+def model_chunks(ready_of_blocks: Sequence[np.ndarray], target: int,
+                 first: int) -> list[ModelChunk]:
+    """Blocks grouped in order so that each group holds at least ``target`` ready windows
+    (the last what is left), the first group at least ``first``; ``ready_of_blocks`` holds
+    each block's window indices (-1: the push readies none)."""
+    chunks: list[ModelChunk] = []
+    start, held = 0, 0
+    for b, at in enumerate(ready_of_blocks):
+        held += int((at >= 0).sum())
+        if held >= (target if chunks else first) or b == len(ready_of_blocks) - 1:
+            windows = np.concatenate([a[a >= 0] for a in ready_of_blocks[start : b + 1]])
+            chunks.append(ModelChunk(start, b + 1, windows))
+            start, held = b + 1, 0
+    return chunks
+
+
+class _ModelRun:
+    """The model's errors for a segment's ready windows, scored a chunk at a time, maybe in
+    another thread: each chunk writes its own rows only and the rounds read a chunk's rows
+    once it is scored."""
+
+    def __init__(self, scorer: Scorer, centred: np.ndarray, scales: np.ndarray,
+                 positions: np.ndarray, clock: Callable[[], float]) -> None:
+        self._scorer, self._centred, self._scales = scorer, centred, scales
+        self._positions, self._clock = positions, clock
+        k, n_features = len(centred), centred.shape[2]
+        self.errors = np.empty(k)
+        self.tops = np.zeros(k, np.int64)  # the feature reconstructed worst
+        self.feature_errors = np.empty((k, n_features)) if n_features > 1 else None
+        self.seconds = 0.0
+
+    def score(self, at: np.ndarray) -> None:
+        """Score the windows ``at``."""
+        if not len(at):
+            return
+        started = self._clock()
+        # In input order, whatever slots the series hold: a restored pipeline scores bit for
+        # bit as the one that never stopped even where a batch rounds by position.
+        at = at[np.argsort(self._positions[at], kind="stable")]
+        normalised = (self._centred[at] / self._scales[at][:, None, :]).astype(np.float32)
+        if self.feature_errors is not None:
+            per_feature = self._scorer.errors(normalised, per_feature=True)
+            self.errors[at] = per_feature.mean(axis=1)
+            self.tops[at] = per_feature.argmax(axis=1)
+            self.feature_errors[at] = per_feature
+        else:
+            self.errors[at] = self._scorer.errors(normalised)
+        self.seconds += self._clock() - started
+
+    def ahead(self, chunks: Sequence[ModelChunk],
+              thread: ThreadPoolExecutor | None) -> Generator[tuple[int, int], None, None]:
+        """Each chunk's blocks ``(first, end)`` once its windows are scored, the next chunk's
+        scored in ``thread`` meanwhile (None: each in turn, here)."""
+        future: Future[None] | None = None
+        try:
+            for c, chunk in enumerate(chunks):
+                if future is None:
+                    self.score(chunk.windows)
+                else:
+                    future.result()
+                future = (thread.submit(self.score, chunks[c + 1].windows)
+                          if thread is not None and c + 1 < len(chunks) else None)
+                yield chunk.first, chunk.end
+        finally:
+            if future is not None:  # the rounds failed: let the thread finish first
+                future.exception()
 
 
 def score_points(pipeline: Pipeline, points: Sequence[Point],

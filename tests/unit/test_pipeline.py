@@ -614,3 +614,90 @@ def test_a_snapshot_restored_under_another_model_restarts_the_error_calibration(
     assert (other.bank.n[slots, memory] > 0).all()
     scores = other.process(points[900:], now=0.0).scores
     assert scores and all(s.model_version == "other" for s in scores)
+
+
+def many_series(n_series: int, n: int, features: int = 1) -> list[Point]:
+    """``n_series`` sines, interleaved; a spike in every seventh."""
+    streams = []
+    for k in range(n_series):
+        values = np.stack([sine_values(n, seed=k + f, phase=k % 24) for f in range(features)],
+                          axis=1)
+        if k % 7 == 0:
+            values[n // 2, k % features] += 4.0
+        streams.append(to_points(f"s{k}", timestamps(n), values))
+    return interleave(*streams)
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_the_model_beside_the_rounds_scores_as_the_model_before_them(
+        tiny_artifact: Artifact, backend: str) -> None:
+    # 700 series x 3 points a poll: 3 rounds of 700 rows, the model in 5 chunks beside them.
+    points = many_series(700, 3 * W)
+    inline = feed(Pipeline(tiny_artifact, backend=backend, overlap=False), points, batch=2100)
+    beside = Pipeline(tiny_artifact, backend=backend)
+    before = Pipeline(tiny_artifact, backend=backend, overlap=False)
+    assert feed(before, points[:2100], batch=2100)
+    assert before._executor is None  # one chunk, no thread
+    overlapped = feed(beside, points, batch=2100)
+    assert beside._executor is not None  # the model did run in its thread
+    assert sum(s is not None for s in inline) == 700 * (2 * W + 1)
+    assert overlapped == inline
+    beside.close()
+    assert beside._executor is None
+    assert feed(beside, points[:2100], batch=2100) == feed(
+        Pipeline(tiny_artifact, backend=backend, overlap=False), points[:2100], batch=2100)
+
+
+def test_the_model_beside_the_rounds_keeps_each_features_error(tmp_path) -> None:
+    from streamlstm.training import SeriesHistory
+
+    history = {"h": SeriesHistory(timestamps(600), np.stack(
+        [sine_values(600, seed=1), sine_values(600, seed=2)], axis=1))}
+    artifact = fit(history, ["a", "b"], TINY_SETTINGS, progress=False)
+    points = many_series(400, 2 * W, features=2)
+    inline = feed(Pipeline(artifact, overlap=False), points, batch=1600)
+    overlapped = feed(Pipeline(artifact), points, batch=1600)
+    assert overlapped == inline
+    scored = [s for s in overlapped if s is not None]
+    assert {s.top_feature for s in scored} == {"a", "b"}
+    assert all(s.feature_errors is not None and len(s.feature_errors) == 2 for s in scored)
+
+
+def test_model_chunks_cover_every_ready_window_once_in_round_order() -> None:
+    from streamlstm.core.pipeline import model_chunks
+
+    blocks, start = [], 0
+    for size in (128, 384, 512, 100, 512, 3):
+        blocks.append(np.arange(start, start + size))
+        start += size
+    blocks[2][::2] = -1  # pushes that ready no window: 256 windows in that block
+    chunks = model_chunks(blocks, 512, 128)
+    assert [(c.first, c.end) for c in chunks] == [(0, 1), (1, 3), (3, 5), (5, 6)]
+    windows = np.concatenate([c.windows for c in chunks])
+    expected = np.concatenate([b[b >= 0] for b in blocks])
+    np.testing.assert_array_equal(windows, expected)
+    assert model_chunks([], 512, 128) == []
+    (whole,) = model_chunks(blocks, 10**6, 10**6)
+    assert (whole.first, whole.end) == (0, 6)
+
+
+def test_a_model_failing_in_its_thread_fails_the_call_and_the_next_one_scores(
+        tiny_artifact: Artifact) -> None:
+    points = many_series(700, W + 2)
+    pipeline = Pipeline(tiny_artifact)
+    pipeline.process(points[: 700 * (W - 1)], now=0.0)
+    real_errors = pipeline.scorer.errors
+    calls = []
+
+    def errors_failing_on_the_second_call(windows, per_feature=False):
+        calls.append(len(windows))
+        if len(calls) == 2:
+            raise RuntimeError("model broke")
+        return real_errors(windows, per_feature)
+
+    pipeline.scorer.errors = errors_failing_on_the_second_call  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="model broke"):
+        pipeline.process(points[700 * (W - 1) : 700 * W], now=0.0)
+    assert len(calls) >= 2
+    result = pipeline.process(points[700 * W :], now=0.0)
+    assert len(result.scores) == 1400
