@@ -250,23 +250,37 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     source = _check_train_source(args)
     features = _split(args.features)
+    initial = None
+    if args.init_from is not None:
+        from streamlstm.core.pipeline import calibration_settings
+        from streamlstm.model.artifact import load_artifact
+
+        initial = load_artifact(args.init_from)
+        base = calibration_settings(initial.calibration)
+    else:
+        base = CalibrationSettings()
+    given = {k: getattr(args, k) for k in ("threshold", "warmup", "alarm_hold")
+             if getattr(args, k) is not None}
     table = _training_table(args, source, features)
     settings = TrainingSettings(
         window=args.window, hidden_size=args.hidden_size, num_layers=args.layers, cell=args.cell,
         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
         validation_fraction=args.validation_fraction, patience=args.patience,
         stride=args.stride, max_windows=args.max_windows, seed=args.seed, device=args.device,
-        calibration=CalibrationSettings(threshold=args.threshold, warmup=args.warmup,
-                                        alarm_hold=args.alarm_hold),
+        calibration=dataclasses.replace(base, **given),
     )
     history = table.history()
-    log.info("training on %d series, %d rows from %s, features %s", len(history),
-             len(table.series), source, ", ".join(table.feature_names))
-    artifact = fit(history, table.feature_names, settings)
+    log.info("training on %d series, %d rows from %s, features %s%s", len(history),
+             len(table.series), source, ", ".join(table.feature_names),
+             f", starting from {initial.version}" if initial is not None else "")
+    artifact = fit(history, table.feature_names, settings, initial=initial)
     target = save_artifact(artifact, args.output, make_current=not args.no_activate)
+    training = artifact.training
+    start = (f", {training['initial_validation_loss']:.5f} for {initial.version}"
+             if initial is not None else "")
     print(f"model {artifact.version} written to {target} "
-          f"(validation loss {artifact.training['validation_loss']:.5f}, "
-          f"{artifact.training['epochs']} epochs)")
+          f"(validation loss {training['validation_loss']:.5f}{start}, "
+          f"{training['epochs']} epochs)")
     return 0
 
 
@@ -804,14 +818,23 @@ def _parser() -> argparse.ArgumentParser:
     model.add_argument("--seed", type=_count, default=0, help="random seed")
     model.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu",
                        help="where to train (auto: cuda when available)")
+    model.add_argument("--init-from", metavar="PATH",
+                       help="fine-tune this model (a version or models directory, e.g. the one "
+                            "the daemon serves) on the history instead of starting afresh: its "
+                            "shape and alarm settings are kept (the shape options are ignored) "
+                            "and its weights come back unchanged unless training improves "
+                            "their validation loss on this history")
     defaults = CalibrationSettings()
     alarms = train.add_argument_group("alarms (stored with the model)")
-    alarms.add_argument("--threshold", type=_score, default=defaults.threshold,
-                        help="anomaly score at which a window alarms")
-    alarms.add_argument("--warmup", type=_positive_int, default=defaults.warmup,
-                        help="windows a series is scored before it may alarm")
-    alarms.add_argument("--alarm-hold", type=_count, default=defaults.alarm_hold,
-                        help="windows a series stays quiet after an alarm")
+    alarms.add_argument("--threshold", type=_score,
+                        help="anomaly score at which a window alarms (default: "
+                             f"{defaults.threshold}, with --init-from that model's)")
+    alarms.add_argument("--warmup", type=_positive_int,
+                        help="windows a series is scored before it may alarm (default: "
+                             f"{defaults.warmup}, with --init-from that model's)")
+    alarms.add_argument("--alarm-hold", type=_count,
+                        help="windows a series stays quiet after an alarm (default: "
+                             f"{defaults.alarm_hold}, with --init-from that model's)")
     train.add_argument("--no-activate", action="store_true",
                        help="write the version without pointing 'current' at it")
     train.set_defaults(handler=cmd_train, train_parser=train)

@@ -14,7 +14,7 @@ import math
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -68,9 +68,18 @@ class TrainingError(StreamlstmError):
 
 
 def fit(history: Mapping[str, SeriesHistory], feature_names: list[str],
-        settings: TrainingSettings | None = None, progress: bool | None = None) -> Artifact:
-    """Train an LSTM autoencoder on ``history`` and return an unsaved `Artifact`."""
+        settings: TrainingSettings | None = None, progress: bool | None = None,
+        initial: Artifact | None = None) -> Artifact:
+    """Train an LSTM autoencoder on ``history`` and return an unsaved `Artifact`.
+
+    With ``initial`` the model starts from that artifact's weights (fine-tuning; the shape,
+    window and cell are its own, ``settings`` gives the optimisation) and its validation loss
+    counts as epoch 0: if no epoch improves on it, its weights come back unchanged, so a
+    fine-tuned model never validates worse on this history than the one it started from.
+    """
     settings = settings or TrainingSettings()
+    if initial is not None:
+        settings = _settings_of(initial, settings, len(feature_names))
     if progress is None:
         progress = sys.stderr.isatty()
     torch.manual_seed(settings.seed)
@@ -93,12 +102,15 @@ def fit(history: Mapping[str, SeriesHistory], feature_names: list[str],
                                 hidden_size=settings.hidden_size, num_layers=settings.num_layers,
                                 cell=settings.cell, dropout=settings.dropout)
     model = LSTMAutoencoder(architecture).to(device)
+    if initial is not None:
+        model.load_state_dict(initial.state_dict)
     optimiser = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
     train_t = torch.from_numpy(train)
     val_t = torch.from_numpy(val).to(device)
     generator = torch.Generator().manual_seed(settings.seed)
 
-    best_loss = math.inf
+    best_loss = float(_errors(model, val_t).mean()) if initial is not None else math.inf
+    initial_loss = best_loss
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     epochs_run = 0
     stale = 0
@@ -151,10 +163,23 @@ def fit(history: Mapping[str, SeriesHistory], feature_names: list[str],
                                "validation_windows": len(val)},
             "epochs": epochs_run,
             "validation_loss": best_loss,
+            **({"initial_model": initial.version, "initial_validation_loss": initial_loss}
+               if initial is not None else {}),
             "validation_error_quantiles": quantiles,
             "seconds": round(time.perf_counter() - started, 3),
         },
     )
+
+
+def _settings_of(initial: Artifact, settings: TrainingSettings,
+                 n_features: int) -> TrainingSettings:
+    """``settings`` with the shape of ``initial``, which the history must fit."""
+    arch = initial.architecture
+    if arch.n_features != n_features:
+        raise TrainingError(f"the initial model {initial.version or ''} takes "
+                            f"{arch.n_features} features, the history has {n_features}")
+    return replace(settings, window=arch.window, hidden_size=arch.hidden_size,
+                   num_layers=arch.num_layers, cell=arch.cell, dropout=arch.dropout)
 
 
 class _NoBar:

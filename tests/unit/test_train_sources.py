@@ -180,3 +180,30 @@ def test_files_still_train(tmp_path: Path) -> None:
     assert code == 0
     meta = json.loads(next((tmp_path / "m").glob("*/meta.json")).read_text())
     assert meta["training"]["data"]["rows"] == 120
+
+
+def test_train_init_from_fine_tunes_a_saved_model_keeping_its_shape_and_alarms(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    csv = tmp_path / "h.csv"
+    csv.write_text("timestamp,value\n" + "".join(
+        f"{T0 + 60 * i},{np.sin(i / 8):.4f}\n" for i in range(400)))
+    models = tmp_path / "m"
+    assert cli.main(["train", "--input", str(csv), "--output", str(models), "--window", "16",
+                     "--hidden-size", "4", "--epochs", "1", "--threshold", "0.4"]) == 0
+    first = (models / "current").read_text().strip()
+    capsys.readouterr()
+    other = tmp_path / "other.csv"
+    other.write_text("timestamp,value\n" + "".join(
+        f"{T0 + 60 * i},{3 * np.sin(i / 3) + (i % 7) / 3:.4f}\n" for i in range(400)))
+    assert cli.main(["train", "--input", str(other), "--output", str(models),
+                     "--init-from", str(models), "--epochs", "2", "--window", "32"]) == 0
+    assert f"for {first}" in capsys.readouterr().out
+    second = (models / "current").read_text().strip()
+    assert second != first
+    meta = json.loads((models / second / "meta.json").read_text())
+    assert meta["architecture"]["window"] == 16 and meta["architecture"]["hidden_size"] == 4
+    assert meta["calibration"]["threshold"] == 0.4  # the initial model's, not the default
+    assert meta["training"]["initial_model"] == first
+    assert cli.main(["train", "--input", str(other), "--output", str(models),
+                     "--init-from", str(tmp_path / "nowhere")]) != 0
+    assert "nowhere: no such model directory" in capsys.readouterr().err

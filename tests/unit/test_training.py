@@ -149,3 +149,31 @@ def test_default_settings_are_sane() -> None:
     settings = TrainingSettings()
     assert 0 < settings.validation_fraction < 1
     assert settings.window >= 2
+
+
+def test_fine_tuning_starts_from_the_initial_weights_and_never_validates_worse(
+        tiny_artifact: Artifact) -> None:
+    # A series the tiny model never saw: a faster, larger wave with a sawtooth on it.
+    n = 900
+    k = np.arange(n)
+    values = 3 * np.sin(2 * np.pi * k / 9) + (k % 13) / 4 + np.random.default_rng(3).normal(
+        0, 0.05, n)
+    history = {"new": SeriesHistory(timestamps(n), values[:, None])}
+    settings = dataclasses.replace(TINY_SETTINGS, epochs=4, hidden_size=99, window=8)
+    tuned = fit(history, ["value"], settings, progress=False, initial=tiny_artifact)
+    assert tuned.architecture == tiny_artifact.architecture  # its shape, not the settings'
+    assert tuned.training["initial_model"] == tiny_artifact.version
+    start = tuned.training["initial_validation_loss"]
+    assert tuned.training["validation_loss"] < start
+    assert any(not torch.equal(tuned.state_dict[name], tiny_artifact.state_dict[name])
+               for name in tuned.state_dict)
+    # The initial model's loss is epoch 0: at a learning rate that only makes it worse, its
+    # weights come back as they were.
+    ruinous = dataclasses.replace(settings, learning_rate=50.0, epochs=2, patience=1)
+    kept = fit(history, ["value"], ruinous, progress=False, initial=tiny_artifact)
+    assert kept.training["validation_loss"] == kept.training["initial_validation_loss"]
+    for name in kept.state_dict:
+        assert torch.equal(kept.state_dict[name], tiny_artifact.state_dict[name]), name
+    with pytest.raises(TrainingError, match="takes 1 features, the history has 2"):
+        fit({"two": SeriesHistory(timestamps(n), np.stack([values, values], axis=1))},
+            ["a", "b"], settings, progress=False, initial=tiny_artifact)
