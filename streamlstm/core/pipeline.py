@@ -396,7 +396,7 @@ class Pipeline:
         out = _Verdicts.empty(k, len(self.evidence))
         window_of = np.full(len(pushes.slots), -1)
         window_of[ready] = np.arange(k)
-        periods = self.settings.season_values(self.router.interval[pushes.slots[ready]])
+        periods = self.settings.season_values(pushes.interval[ready])
         # Only real points enter the memory: interpolated stretches are not what a series did.
         real = np.flatnonzero(pushes.point >= 0)
         # The k-th real points of every series together, ROUND_ROWS at most at a time.

@@ -20,7 +20,7 @@ end at ready pushes, all of a batch at once.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -40,6 +40,9 @@ class Pushes:
     ready: np.ndarray  # bool [P]: a window ends at this value and is scored
     seq: np.ndarray  # int64 [P]: the push's index within its series in this batch
     late: np.ndarray  # int64: input positions of late points
+    # float64 [P]: the series' sampling interval as it stood when the push's point was routed
+    # (not after the whole batch: what a window is compared with must not depend on the cut)
+    interval: np.ndarray = field(default_factory=lambda: np.empty(0))
     restarted: int = 0  # series whose window restarted after a long gap
 
     @property
@@ -100,6 +103,7 @@ class Router:
         accepted = np.zeros(n, bool)
         fills = np.zeros(n, np.int64)
         ready = np.zeros(n, bool)
+        interval_at = np.zeros(n)
         previous = np.zeros_like(values)
         restarted = 0
         order, rank = group_rounds(slots)
@@ -122,12 +126,15 @@ class Router:
             previous[rows] = self.last_value[s]
             restarted += int(restart.sum())
             self._learn_interval(s[started], gap[started])
+            interval_at[rows] = self.interval[s]
             count = np.where(restart, 0, count) + fills[rows] + 1
             self.count[s] = count
             ready[rows] = (count >= self.window) & ((count - self.window) % self.stride == 0)
             self.last_ts[s] = ts
             self.last_value[s] = values[rows]
-        return self._expand(slots, values, order, accepted, fills, ready, previous, restarted)
+        pushes = self._expand(slots, values, order, accepted, fills, ready, previous, restarted)
+        pushes.interval = interval_at[np.maximum(pushes.point, 0)]
+        return pushes
 
     def _learn_interval(self, s: np.ndarray, gap: np.ndarray) -> None:
         # The upper median of the latest gaps ignores an isolated early or missing sample, which

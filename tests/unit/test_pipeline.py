@@ -701,3 +701,22 @@ def test_a_model_failing_in_its_thread_fails_the_call_and_the_next_one_scores(
     assert len(calls) >= 2
     result = pipeline.process(points[700 * W :], now=0.0)
     assert len(result.scores) == 1400
+
+
+def test_scores_do_not_depend_on_the_batch_size_when_the_sampling_is_irregular(
+        tiny_artifact: Artifact) -> None:
+    # Gaps of one to three steps: the series' interval (the median of its latest gaps), and
+    # with it the period its seasonal comparison looks back by, moves within a batch.
+    rng = np.random.default_rng(5)
+    n = 900
+    ts = T0 + np.cumsum(rng.choice([STEP, STEP, STEP, 2 * STEP, 3 * STEP], n))
+    points = to_points("irregular", ts, sine_values(n, seed=4))
+    settings = PipelineSettings(season_s=24 * STEP, season_periods=2)
+    reference = feed(Pipeline(tiny_artifact, settings), points, batch=1)
+    assert sum("seasonal" in s.evidence for s in reference if s) > 300
+    for batch in (7, 4096):
+        other = feed(Pipeline(tiny_artifact, settings), points, batch=batch)
+        assert [s is None for s in other] == [s is None for s in reference]
+        assert [s.evidence.keys() for s in other if s] == [
+            s.evidence.keys() for s in reference if s]
+        np.testing.assert_allclose(as_array(other), as_array(reference), rtol=0, atol=1e-5)
