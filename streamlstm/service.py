@@ -477,6 +477,7 @@ class Service:
         closers = [self.source.close, self.sink.close]  # the source's close checkpoints
         if self.checkpointer is not None:
             closers.append(self.checkpointer.close)
+        closers.append(self.pipeline.close)  # the model's thread, once nothing scores
         for closer in closers:
             try:
                 closer()
