@@ -411,8 +411,8 @@ class Pipeline:
         chunks = model_chunks([window_of[b] for b in blocks], target, first)
         thread = self._model_thread() if len(chunks) > 1 else None
         with closing(model.ahead(chunks, thread)) as scored:
-            for first, end in scored:
-                for block in blocks[first:end]:
+            for start, end in scored:
+                for block in blocks[start:end]:
                     self._round(pushes, block, window_of[block], periods, scales, model, out)
         return out
 

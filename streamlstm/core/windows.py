@@ -20,7 +20,7 @@ end at ready pushes, all of a batch at once.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -42,7 +42,7 @@ class Pushes:
     late: np.ndarray  # int64: input positions of late points
     # float64 [P]: the series' sampling interval as it stood when the push's point was routed
     # (not after the whole batch: what a window is compared with must not depend on the cut)
-    interval: np.ndarray = field(default_factory=lambda: np.empty(0))
+    interval: np.ndarray
     restarted: int = 0  # series whose window restarted after a long gap
 
     @property
@@ -132,9 +132,8 @@ class Router:
             ready[rows] = (count >= self.window) & ((count - self.window) % self.stride == 0)
             self.last_ts[s] = ts
             self.last_value[s] = values[rows]
-        pushes = self._expand(slots, values, order, accepted, fills, ready, previous, restarted)
-        pushes.interval = interval_at[np.maximum(pushes.point, 0)]
-        return pushes
+        return self._expand(slots, values, order, accepted, fills, ready, interval_at, previous,
+                            restarted)
 
     def _learn_interval(self, s: np.ndarray, gap: np.ndarray) -> None:
         # The upper median of the latest gaps ignores an isolated early or missing sample, which
@@ -152,8 +151,8 @@ class Router:
 
     @staticmethod
     def _expand(slots: np.ndarray, values: np.ndarray, order: np.ndarray, accepted: np.ndarray,
-                fills: np.ndarray, ready: np.ndarray, previous: np.ndarray,
-                restarted: int) -> Pushes:
+                fills: np.ndarray, ready: np.ndarray, interval: np.ndarray,
+                previous: np.ndarray, restarted: int) -> Pushes:
         """The accepted points, each after its interpolated fillers, grouped by series."""
         rows = order[accepted[order]]
         per = fills[rows] + 1
@@ -171,6 +170,7 @@ class Router:
             ready=own & ready[point],
             seq=rank_within_groups(push_slots),
             late=np.flatnonzero(~accepted),
+            interval=interval[point],
             restarted=restarted,
         )
 
