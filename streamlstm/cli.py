@@ -16,7 +16,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -384,37 +384,99 @@ def cmd_replay(args: argparse.Namespace) -> int:
     # Every input is read and checked before a line is written.
     tables = [read_table(path, artifact.feature_names if multi else None) for path in args.input]
     _check_output_path(args.output, "--output")
+    # A one-feature model scores each value column of a wider file as a series of its own.
+    columns = _replay_columns(args.input, tables) if not multi else []
+    by_column = len(columns) > 1
+    names = artifact.feature_names if multi else columns if by_column else ["value"]
     total = 0
     with _open_output(args.output) as handle:
         writer = csv.writer(handle)
-        writer.writerow(["series", "timestamp", *(artifact.feature_names if multi else ["value"]),
+        writer.writerow(["series", "timestamp", *names,
                          "anomaly_score", "is_anomaly", "alarm", "error", "novelty", "threshold",
                          *(f"surprise_{kind}" for kind in KINDS),
-                         *(["top_feature", *(f"error_{name}" for name in artifact.feature_names)]
-                           if multi else [])])
+                         *(["top_feature", *(f"error_{name}" for name in names)] if multi else
+                           ["top_feature", *(f"score_{name}" for name in names)] if by_column
+                           else [])])
         for table in tables:
-            pipeline = Pipeline(artifact, PipelineSettings(stride=args.stride), alarms=alarms)
-            points = table.points()
-            scores = score_points(pipeline, points)
-            for point, score in zip(points, scores, strict=True):
-                writer.writerow([
-                    point.series, _iso(point.timestamp), *(_num(v) for v in point.values),
-                    _num(score.score) if score else 0.0,
-                    int(score.is_anomaly) if score else 0,
-                    int(score.alarm) if score else 0,
-                    _num(score.error) if score else "",
-                    _num(score.novelty) if score and score.novelty is not None else "",
-                    _num(score.threshold) if score else "",
-                    *(_num(score.evidence[kind]) if score and kind in score.evidence else ""
-                      for kind in KINDS),
-                    *([score.top_feature or "" if score else ""] if multi else []),
-                    *(feature_columns(score, len(artifact.feature_names)) if multi else []),
-                ])
-            total += len(points)
+            settings = PipelineSettings(stride=args.stride)
+            rows: Iterable[list[Any]]
+            if by_column:
+                rows = _replay_rows_by_column(artifact, settings, alarms, table, KINDS)
+            else:
+                pipeline = Pipeline(artifact, settings, alarms=alarms)
+                points = table.points()
+                rows = ([*_replay_row(point.series, point.timestamp, point.values, score, KINDS),
+                         *([score.top_feature or "" if score else "",
+                            *feature_columns(score, len(names))] if multi else [])]
+                        for point, score in zip(points, score_points(pipeline, points),
+                                                strict=True))
+            writer.writerows(rows)
+            total += len(table.series)
     elapsed = time.perf_counter() - started
     print(f"scored {total} rows in {elapsed:.1f}s ({total / max(elapsed, 1e-9):,.0f} rows/s) "
           f"with model {artifact.version}", file=sys.stderr)
     return 0
+
+
+def _replay_columns(paths: Sequence[str], tables: Sequence[Any]) -> list[str]:
+    """The value columns every input shares (a one-feature model scores each); a file with
+    other columns than the first one's is an error, as one header serves them all."""
+    first = tables[0].feature_names
+    for path, table in zip(paths, tables, strict=True):
+        if (len(table.feature_names) > 1 or len(first) > 1) and table.feature_names != first:
+            raise StreamlstmError(f"{path}: value columns {', '.join(table.feature_names)} "
+                                  f"differ from {paths[0]}'s ({', '.join(first)})")
+    return list(first)
+
+
+def _replay_row(series: str, timestamp: float, values: Sequence[float], score: Score | None,
+                kinds: Sequence[str],
+                verdict: tuple[float, bool, bool, float] | None = None) -> list[Any]:
+    """A replay row's cells up to the surprises (empty before a window is full); ``verdict``
+    ``(score, is_anomaly, alarm, threshold)`` replaces ``score``'s own."""
+    if score is not None and verdict is None:
+        verdict = (score.score, score.is_anomaly, score.alarm, score.threshold)
+    return [
+        series, _iso(timestamp), *(_num(v) for v in values),
+        _num(verdict[0]) if verdict else 0.0,
+        int(verdict[1]) if verdict else 0,
+        int(verdict[2]) if verdict else 0,
+        _num(score.error) if score else "",
+        _num(score.novelty) if score and score.novelty is not None else "",
+        _num(verdict[3]) if verdict else "",
+        *(_num(score.evidence[kind]) if score and kind in score.evidence else ""
+          for kind in kinds),
+    ]
+
+
+def _replay_rows_by_column(artifact: Any, settings: Any, alarms: Any, table: Any,
+                           kinds: Sequence[str]) -> list[list[Any]]:
+    """Replay rows of a table of several value columns through a one-feature model: each
+    column a series of its own, a row's verdict its worst column's, corrected for how many
+    (`streamlstm.core.columns`). The row's error, novelty and surprises are the worst
+    column's, ``top_feature`` names it and ``score_<column>`` gives every column's score."""
+    from streamlstm.core.columns import score_columns
+    from streamlstm.core.pipeline import Pipeline
+
+    names = table.feature_names
+    wide = len(set(table.series)) * len(names)
+    pipeline = Pipeline(artifact, dataclasses.replace(
+        settings, max_series=max(settings.max_series, wide)), alarms=alarms)
+    verdicts = score_columns(pipeline, table.series, table.timestamps.tolist(), table.values,
+                             names)
+    out = []
+    for i, (series, timestamp, values) in enumerate(zip(
+            table.series, table.timestamps.tolist(), table.values.tolist(), strict=True)):
+        worst = verdicts.worst_score(i)
+        verdict = None if worst is None else (
+            float(verdicts.score[i]), bool(verdicts.is_anomaly[i]), bool(verdicts.alarm[i]),
+            float(verdicts.threshold[i]))
+        out.append([
+            *_replay_row(series, timestamp, values, worst, kinds, verdict),
+            names[int(verdicts.worst[i])] if worst is not None else "",
+            *(_num(score.score) if (score := column[i]) is not None else ""
+              for column in verdicts.columns)])
+    return out
 
 
 # ---------------------------------------------------------------- evaluate
@@ -475,38 +537,53 @@ def score_labelled_files(files: Sequence[Path], labels: dict[str, Any], artifact
     """Replay the labelled files, each a series never seen, named by its label key.
 
     The files are replayed side by side through one pipeline (series are independent, so each
-    scores as it would alone, but a poll holds windows of many of them). Returns
-    ``(ScoredSeries list, rows, seconds)``; used by `evaluate` and ``bench/quality.py``.
+    scores as it would alone, but a poll holds windows of many of them); a file of several value
+    columns, with a one-feature model, is scored column by column and its rows combined, as
+    `replay` does. Returns ``(ScoredSeries list, rows, seconds)``; used by `evaluate` and
+    ``bench/quality.py``.
     """
     import dataclasses
 
     import numpy as np
 
     from streamlstm import evaluation
+    from streamlstm.core.columns import score_columns
     from streamlstm.core.pipeline import Pipeline, PipelineSettings, score_points
     from streamlstm.core.records import Point
     from streamlstm.sources.files import read_table
 
     started = time.perf_counter()
+    multi = artifact.architecture.n_features > 1
     tables = []
     for path in files:
         key = _label_key(path, labels)
         if key is None:
             raise StreamlstmError(f"{path}: not listed in {labels_name}")
-        tables.append((key, read_table(path)))
+        tables.append((key, read_table(path, artifact.feature_names if multi else None)))
     settings = settings or PipelineSettings(stride=1)
     settings = dataclasses.replace(settings, max_series=max(settings.max_series, len(tables)))
-    streams = [[Point(key, t, tuple(v)) for t, v in zip(table.timestamps.tolist(),
-                                                       table.values.tolist(), strict=True)]
-               for key, table in tables]
+    # A one-feature model scores a file of several value columns column by column, alone.
+    wide = [i for i, (_, table) in enumerate(tables) if not multi and table.values.shape[1] > 1]
+    per_file: list[list[float]] = [[0.0] * len(table.series) for _, table in tables]
+    for i in wide:
+        key, table = tables[i]
+        columns = table.feature_names
+        verdicts = score_columns(
+            Pipeline(artifact, dataclasses.replace(
+                settings, max_series=max(settings.max_series, len(columns)))),
+            [key] * len(table.series), table.timestamps.tolist(), table.values, columns)
+        per_file[i] = verdicts.score.tolist()
+    narrow = sorted(set(range(len(tables))) - set(wide))
+    streams = [[Point(tables[i][0], t, tuple(v)) for t, v in zip(
+        tables[i][1].timestamps.tolist(), tables[i][1].values.tolist(), strict=True)]
+        for i in narrow]
     # Row k of every file, then row k + 1: the interleaving a broker gives many series.
-    order = sorted(((k, i) for i, stream in enumerate(streams) for k in range(len(stream))))
-    points = [streams[i][k] for k, i in order]
+    order = sorted(((k, j) for j, stream in enumerate(streams) for k in range(len(stream))))
+    points = [streams[j][k] for k, j in order]
     scores = score_points(Pipeline(artifact, settings), points)
-    per_file: list[list[float]] = [[0.0] * len(stream) for stream in streams]
-    for (k, i), score in zip(order, scores, strict=True):
+    for (k, j), score in zip(order, scores, strict=True):
         if score is not None:
-            per_file[i][k] = score.score
+            per_file[narrow[j]][k] = score.score
     series_list = [evaluation.ScoredSeries(
         name=key,
         timestamps=table.timestamps,
@@ -514,7 +591,7 @@ def score_labelled_files(files: Sequence[Path], labels: dict[str, Any], artifact
         scores=np.array(file_scores),
         windows=labels[key],
     ) for (key, table), file_scores in zip(tables, per_file, strict=True)]
-    return series_list, len(points), time.perf_counter() - started
+    return series_list, sum(len(t.series) for _, t in tables), time.perf_counter() - started
 
 
 def _expand_data(paths: Sequence[str]) -> list[Path]:
