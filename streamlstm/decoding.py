@@ -5,6 +5,10 @@ A message is one JSON object::
     {"series": "host1.cpu", "timestamp": "2024-05-01T12:00:00Z", "value": 0.42}
     {"series": "host1", "timestamp": 1714564800123, "values": {"cpu": 0.42, "mem": 0.7}}
 
+The second is a multi-feature model's point; for a one-feature model it is a *row* of columns,
+and `JsonDecoder.decode_row` makes it one point per column (series ``host1/cpu``,
+``host1/mem``), as `replay` does with a file of several value columns.
+
 Field names come from :class:`~streamlstm.config.DecoderSettings`. Values must fit a float32
 (the per-series windows are float32); series names must be UTF-8 text without control
 characters and must not end in a backslash (line protocol cannot store one there). Given a
@@ -28,7 +32,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from streamlstm.config import DecoderSettings
-from streamlstm.core.records import MAX_VALUE, Point
+from streamlstm.core.records import MAX_VALUE, Point, column_series
 from streamlstm.core.timestamps import BAD_TIMESTAMP, parse_timestamp
 from streamlstm.core.timestamps import MAX_TIMESTAMP as MAX_TIMESTAMP
 from streamlstm.core.timestamps import MIN_TIMESTAMP as MIN_TIMESTAMP
@@ -49,6 +53,8 @@ MAX_SERIES_LENGTH = 256
 _UNFIT_SERIES_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 _DETAIL_CHARS = 80
+#: The most columns one row may carry (each is a series of its own).
+MAX_ROW_COLUMNS = 64
 _JSON = json.JSONDecoder()
 # Names already checked by `check_series` (a daemon sees the same few thousand over and over);
 # cleared when full, so a flood of new names costs a check each, never unbounded memory.
@@ -129,6 +135,40 @@ class JsonDecoder:
 
     def decode(self, key: bytes | None, value: bytes) -> Point:
         """Decode one message; raises :class:`DecodeError` with a stable ``reason``."""
+        obj = self._object(value)
+        return Point(self._series(obj, key), self._timestamp(obj), self._values(obj))
+
+    def decode_row(self, key: bytes | None, value: bytes) -> tuple[str | None, list[Point]]:
+        """Decode one message as ``(row, points)``: ``(None, [point])`` as `decode` gives
+        it, or, for a one-feature model and a ``values`` object of several entries none named
+        as its feature, the message's series and one point per entry (at most
+        `MAX_ROW_COLUMNS`), each named by `column_series`."""
+        obj = self._object(value)
+        series, timestamp = self._series(obj, key), self._timestamp(obj)
+        named = obj.get(self._values_field) if self._single else None
+        if (type(named) is not dict or len(named) < 2 or self.feature_names[0] in named
+                or obj.get(self._value_field) is not None):
+            return None, [Point(series, timestamp, self._values(obj))]
+        if len(named) > MAX_ROW_COLUMNS:
+            raise DecodeError(BAD_VALUE, f"{self._values_field}: {len(named)} entries, at most "
+                                         f"{MAX_ROW_COLUMNS} (each is a series of its own)")
+        points = []
+        for name, raw in named.items():
+            where = f"{self._values_field}.{name}"
+            column = column_series(series, name)
+            checked = self._checked_series
+            if column not in checked:
+                if len(checked) >= _CHECKED_SERIES_MAX:
+                    checked.clear()
+                try:
+                    checked.add(check_series(column))
+                except DecodeError as exc:
+                    raise DecodeError(BAD_SERIES, f"{where}: {exc.detail}") from None
+            points.append(Point(column, timestamp, (_number(raw, where),)))
+        return series, points
+
+    @staticmethod
+    def _object(value: bytes) -> dict[str, Any]:
         try:
             obj = _JSON.decode(value.decode("utf-8"))  # json.loads less its argument checks
         except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
@@ -137,7 +177,7 @@ class JsonDecoder:
             raise DecodeError(INVALID_JSON, "message has no value") from None
         if type(obj) is not dict:
             raise DecodeError(NOT_AN_OBJECT, f"expected a JSON object, got {type(obj).__name__}")
-        return Point(self._series(obj, key), self._timestamp(obj), self._values(obj))
+        return obj
 
     def decode_many(self, messages: Iterable[tuple[bytes | None, bytes]]
                     ) -> Iterator[Point | DecodeError]:

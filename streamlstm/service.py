@@ -26,6 +26,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from streamlstm.checkpoints.checkpointer import Checkpointer
+from streamlstm.core.columns import ColumnRow, RowCombiner
 from streamlstm.core.pipeline import Pipeline
 from streamlstm.core.records import Rejected, Score, SourceRecord
 from streamlstm.core.scoring import Scorer
@@ -140,6 +141,9 @@ class Service:
         self._model_key = _model_key(path) if path is not None else None
         self._next_reload_check = 0.0
         self._next_lag_check = 0.0
+        # Rows of columns (`JsonDecoder.decode_row`): one verdict per row, for the row's series.
+        self._rows = RowCombiner(lambda series: self.pipeline.alarm_rule(series),
+                                 capacity=pipeline.settings.max_series)
         self._publish_model(pipeline.artifact)
 
     # ---- control, callable from signal handlers and other threads ----
@@ -208,10 +212,9 @@ class Service:
 
     def _score(self, polled: Polled) -> _Pending:
         """Score a poll and dead-letter what it rejects; the scores still to be written."""
-        self.metrics.events_consumed.inc(
-            sum(1 for r in polled.records if not r.warmup) + len(polled.rejected))
-        rejected = list(polled.rejected)
         records = polled.records
+        self.metrics.events_consumed.inc(_messages(records) + len(polled.rejected))
+        rejected = list(polled.rejected)
         result = self.pipeline.process(
             [r.point for r in records],
             now=self._clock(),
@@ -220,16 +223,17 @@ class Service:
         if self.checkpointer is not None:
             self.checkpointer.observe(polled.records)
         self._watch_errors(result.scores)
+        told: set[tuple[int, int]] = set()  # a row's message is dead-lettered once
         for position in result.late:
             record = records[position]
-            if not record.warmup:
+            if not record.warmup and _first_telling(record, told):
                 rejected.append(Rejected("out_of_order",
                                          f"timestamp {record.point.timestamp} is not after the "
                                          f"series' latest", record.raw_key, record.raw_value,
                                          record.partition, record.offset))
         for position, reason in result.refused:  # a flood's surplus, or the core's guard
             record = records[position]
-            if not record.warmup:
+            if not record.warmup and _first_telling(record, told):
                 detail = (_SERIES_LIMIT_DETAIL if reason == SERIES_LIMIT else
                           "refused by the pipeline: a value not finite or beyond float32, or "
                           "a time outside 1970..2262")
@@ -245,8 +249,54 @@ class Service:
         live = sum(1 for r in records if not r.warmup)
         log.debug("poll: %d live, %d warm-up, %d rejected, %d scored", live,
                   len(records) - live, len(rejected), len(result.scores))
-        return _Pending(result.scores, [records[p] for p in result.positions],
-                        dict(polled.offsets))
+        scores, origins = result.scores, [records[p] for p in result.positions]
+        if any(r.row is not None for r in origins):
+            scores, origins = self._combine_rows(records, dict(zip(result.positions, scores,
+                                                                   strict=True)))
+        return _Pending(scores, origins, dict(polled.offsets))
+
+    def _combine_rows(self, records: list[SourceRecord], scored: dict[int, Score],
+                      ) -> tuple[list[Score], list[SourceRecord]]:
+        """The poll's scores (``scored``: by record position) with each row's column scores
+        replaced by the row's one verdict (`RowCombiner`), in stream order, and the record each
+        comes from (a row's first column's, whose message is the row's)."""
+        out: list[Score | ColumnRow] = []
+        origins: list[SourceRecord] = []
+        rows: list[ColumnRow] = []
+        start = 0
+        while start < len(records):
+            record = records[start]
+            if record.row is None:
+                if start in scored:
+                    out.append(scored[start])
+                    origins.append(record)
+                start += 1
+                continue
+            end = start + 1
+            while end < len(records) and records[end].row == record.row and (
+                    records[end].offset == record.offset
+                    and records[end].partition == record.partition):
+                end += 1
+            group = range(start, end)
+            if any(i in scored for i in group):
+                prefix = len(record.row) + 1
+                rows.append(ColumnRow(
+                    record.row, record.point.timestamp,
+                    tuple(records[i].point.series[prefix:] for i in group),
+                    tuple(records[i].point.values[0] for i in group),
+                    tuple(scored.get(i) for i in group)))
+                out.append(rows[-1])
+                origins.append(record)
+            start = end
+        verdicts = iter(self._rows.combine(rows))
+        kept_scores: list[Score] = []
+        kept_origins: list[SourceRecord] = []
+        for item, origin in zip(out, origins, strict=True):
+            score = item if isinstance(item, Score) else next(verdicts)
+            if score is not None:  # a row none of whose columns has a full window yet
+                kept_scores.append(score)
+                kept_origins.append(origin)
+        return kept_scores, kept_origins
 
     def _dead_letter(self, rejected: list[Rejected], logged: int = 0) -> None:
         """Count, log (but the first ``logged``, logged already) and dead-letter ``rejected``."""
@@ -486,6 +536,28 @@ class Service:
 
 
 ModelKey = tuple[Path, tuple[tuple[str, int, int], ...]]
+
+
+def _messages(records: Sequence[SourceRecord]) -> int:
+    """How many messages ``records`` (warm-up ones left out) came from: a row's columns are
+    records of one message."""
+    live = [r for r in records if not r.warmup]
+    rows = [r for r in live if r.row is not None]
+    if not rows:
+        return len(live)
+    return len(live) - len(rows) + len({(r.partition, r.offset) for r in rows})
+
+
+def _first_telling(record: SourceRecord, told: set[tuple[int, int]]) -> bool:
+    """Whether ``record``'s message is not dead-lettered yet in this poll (a row's columns
+    share one message); notes it."""
+    if record.row is None:
+        return True
+    key = (record.partition, record.offset)
+    if key in told:
+        return False
+    told.add(key)
+    return True
 
 
 def _model_key(directory: Path) -> ModelKey:

@@ -60,12 +60,13 @@ class MemorySource:
             batch = messages[start:start + self.max_records]
             for offset, (key, value) in enumerate(batch, start=start):
                 try:
-                    point = self.decoder.decode(key, value)
+                    row, points = self.decoder.decode_row(key, value)
                 except DecodeError as exc:
                     polled.rejected.append(Rejected(exc.reason, exc.detail, key, value,
                                                     partition, offset))
                     continue
-                polled.records.append(SourceRecord(point, partition, offset, False, key, value))
+                polled.records.extend(SourceRecord(point, partition, offset, False, key, value,
+                                                   row) for point in points)
             if batch:
                 self.position[partition] = start + len(batch)
                 polled.offsets[partition] = start + len(batch)

@@ -6,11 +6,15 @@ scored as a series of its own (``series/column``), all of them in one pipeline a
 together, and a row's verdict is its most surprising column's, corrected for the number of
 columns: with eight columns, something one window in a thousand is for a single column happens
 about eight times in a thousand rows, and a threshold calibrated per window must see it so.
+
+`score_columns` does this for a whole table (``replay``, ``evaluate``); `RowCombiner` for the
+rows of a stream, poll by poll (the daemon, where one message carries a row's columns).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,12 +22,7 @@ import numpy.typing as npt
 
 from streamlstm.core.calibration import SURPRISE_SCALE, alarm_rows
 from streamlstm.core.pipeline import Pipeline, score_points
-from streamlstm.core.records import Point, Score
-
-
-def column_series(series: str, column: str) -> str:
-    """The name one column of ``series`` scores under."""
-    return f"{series}/{column}"
+from streamlstm.core.records import Point, Score, column_series
 
 
 def combine_columns(scores: npt.ArrayLike) -> tuple[np.ndarray, np.ndarray]:
@@ -98,15 +97,86 @@ def score_columns(pipeline: Pipeline, series: Sequence[str], timestamps: Sequenc
                     for column in columns], dtype=np.float64).reshape(k, n).T
     combined, worst = combine_columns(raw)
     scored = np.where(worst >= 0, combined, np.nan)  # NaN is never flagged
-    rules = pipeline.alarm_policy.resolve(pipeline.calibration)
     threshold = np.zeros(n)
     is_anomaly = np.zeros(n, bool)
     alarm = np.zeros(n, bool)
     row_series = np.asarray(series, dtype=object)
     for name in keys:
-        rule = rules[pipeline.rules.match(name)]
+        level, hold = pipeline.alarm_rule(name)
         rows = np.flatnonzero(row_series == name)
-        threshold[rows] = rule.threshold
-        is_anomaly[rows] = alarm_rows(scored[rows], rule.threshold)
-        alarm[rows] = alarm_rows(scored[rows], rule.threshold, rule.alarm_hold)
+        threshold[rows] = level
+        is_anomaly[rows] = alarm_rows(scored[rows], level)
+        alarm[rows] = alarm_rows(scored[rows], level, hold)
     return ColumnVerdicts(columns, combined, worst, threshold, is_anomaly, alarm)
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnRow:
+    """One row of a stream: its series, time, column names and values, and each column's
+    score (None where that column's window is not full)."""
+
+    series: str
+    timestamp: float
+    columns: tuple[str, ...]
+    values: tuple[float, ...]
+    scores: tuple[Score | None, ...]
+
+
+class RowCombiner:
+    """The verdict on each row of columns, for the row's own series, as `score_columns` gives
+    it for a table: the combined score (`combine_columns`), flagged at the series' threshold,
+    and the alarm rule of `alarm_rows` over the series' rows.
+
+    ``rule_of(series)`` gives ``(threshold, alarm_hold)``. The alarm rule needs, per series,
+    the rows since its last flagged one: kept for the ``capacity`` series seen last (one
+    forgotten starts afresh, as after a restart, which may page once more for an incident in
+    progress).
+    """
+
+    def __init__(self, rule_of: Callable[[str], tuple[float, int]],
+                 capacity: int = 100_000) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity must be at least 1, got {capacity}")
+        self.rule_of = rule_of
+        self.capacity = capacity
+        self._since: OrderedDict[str, int] = OrderedDict()  # -1: no flagged row yet
+
+    def __len__(self) -> int:
+        return len(self._since)
+
+    def combine(self, rows: Sequence[ColumnRow]) -> list[Score | None]:
+        """The verdict on each of ``rows`` (in stream order), None where no column has a
+        score; a row's error, novelty and evidence are its worst column's, ``top_feature``
+        names that column and ``feature_errors`` holds each column's error (NaN: none yet)."""
+        if not rows:
+            return []
+        width = max(len(row.scores) for row in rows)
+        raw = np.full((len(rows), width), np.nan)
+        for i, row in enumerate(rows):
+            raw[i, : len(row.scores)] = [np.nan if s is None else s.score for s in row.scores]
+        combined, worst = combine_columns(raw)
+        out: list[Score | None] = []
+        since_of = self._since
+        for row, score, column in zip(rows, combined.tolist(), worst.tolist(), strict=True):
+            if column < 0:
+                out.append(None)
+                continue
+            threshold, hold = self.rule_of(row.series)
+            flagged = score >= threshold
+            since = since_of.pop(row.series, -1)
+            if since >= 0:
+                since += 1
+            alarm = flagged and not (0 <= since <= hold)
+            since_of[row.series] = 0 if flagged else since
+            if len(since_of) > self.capacity:
+                since_of.popitem(last=False)
+            top = row.scores[column]
+            assert top is not None
+            out.append(Score(
+                series=row.series, timestamp=row.timestamp, values=row.values,
+                error=top.error, score=score, threshold=threshold, is_anomaly=flagged,
+                model_version=top.model_version, novelty=top.novelty,
+                evidence=dict(top.evidence), top_feature=row.columns[column],
+                feature_errors=tuple(np.nan if s is None else s.error for s in row.scores),
+                alarm=alarm))
+        return out

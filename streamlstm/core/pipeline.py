@@ -554,6 +554,11 @@ class Pipeline:
         """The global threshold in force (the series that match no override)."""
         return self.alarms.threshold
 
+    def alarm_rule(self, series: str) -> tuple[float, int]:
+        """``(threshold, alarm_hold)`` in force for a series named ``series`` (held or not)."""
+        number = self.rules.match(series)
+        return (float(self.alarms.thresholds[number]), int(self.alarms.holds[number]))
+
     def set_alarms(self, policy: AlarmPolicy) -> None:
         """Apply another alarm policy from the next `process` call on; every series held is
         matched again. ValueError, changing nothing, if it does not fit the calibration."""

@@ -22,6 +22,12 @@ class Point:
     values: tuple[float, ...]
 
 
+def column_series(series: str, column: str) -> str:
+    """The series one column of ``series``' rows scores as, where a one-feature model scores
+    several value columns (`streamlstm.core.columns`)."""
+    return f"{series}/{column}"
+
+
 @dataclass(slots=True)
 class SourceRecord:
     """A point together with where it came from, so offsets can be committed after the write."""
@@ -35,6 +41,8 @@ class SourceRecord:
     # The message as it arrived, for the dead-letter topic if the point is refused later on.
     raw_key: bytes | None = None
     raw_value: bytes | None = None
+    # The series of the row this point is one column of (`JsonDecoder.decode_row`), else None.
+    row: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

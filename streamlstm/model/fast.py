@@ -49,9 +49,10 @@ CPU_CHUNK_FLOATS = 32768
 DEFAULT_CUDA_CHUNK = 16384
 
 
-# MKL computes products of 1 to 3 rows with other kernels (other rounding) than larger ones; the
-# torch path pads such batches so a row's error does not depend on the batch's size.
-MIN_ROWS = 4
+# MKL computes products of 1 to 3 rows with other kernels (other rounding) than larger ones, and
+# on some CPUs (AVX-512) the last row of an odd count too; the torch path pads every batch to a
+# multiple of ROW_BLOCK rows so a row's error does not depend on the batch's size.
+ROW_BLOCK = 16
 
 
 def default_chunk(device: torch.device, hidden: int) -> int:
@@ -218,8 +219,9 @@ class FusedAutoencoder:
                               for part in windows.split(self.chunk)])
 
     def _errors(self, windows: torch.Tensor, per_feature: bool = False) -> torch.Tensor:
-        if windows.shape[0] < MIN_ROWS:  # MKL rounds 1-3 row products differently: pad them
-            pad = windows.new_zeros(MIN_ROWS - windows.shape[0], *windows.shape[1:])
+        short = -windows.shape[0] % ROW_BLOCK
+        if short:  # see ROW_BLOCK
+            pad = windows.new_zeros(short, *windows.shape[1:])
             return self._errors(torch.cat([windows, pad]), per_feature)[: windows.shape[0]]
         batch, steps, features = windows.shape
         hidden = self.hidden

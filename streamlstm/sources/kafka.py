@@ -367,7 +367,7 @@ class KafkaSource:
         waiting, seeked = self._rewind() if self._to_rewind else (set(), set())
         polled = Polled()
         records, rejected, offsets = polled.records, polled.rejected, polled.offsets
-        decode = self._decoder.decode
+        decode = self._decoder.decode_row
         for tp, messages in batches.items():
             partition = tp.partition
             if not messages:
@@ -384,16 +384,17 @@ class KafkaSource:
                 offset = message.offset
                 warmup = boundary is not None and offset < boundary
                 try:
-                    point = decode(message.key, message.value)
+                    row, points = decode(message.key, message.value)
                 except DecodeError as exc:
                     if not warmup:  # a warm-up reject was dead-lettered the first time
                         rejected.append(Rejected(exc.reason, exc.detail, message.key,
                                                  message.value, partition, offset))
                     continue
-                if ahead and offset < ahead.get(point.series, -1):
-                    continue  # its restored state has seen this one
-                records.append(SourceRecord(point, partition, offset, warmup,
-                                            message.key, message.value))
+                for point in points:  # one, or a row's columns
+                    if ahead and offset < ahead.get(point.series, -1):
+                        continue  # its restored state has seen this one
+                    records.append(SourceRecord(point, partition, offset, warmup,
+                                                message.key, message.value, row))
             last = messages[-1].offset
             if boundary is None or last >= boundary:
                 offsets[partition] = last + 1
@@ -600,12 +601,12 @@ def read_range(settings: KafkaSettings, start_ts: float, end_ts: float,
                     if tp in confirmed and message.offset >= stop:
                         break
                     try:
-                        point = decoder.decode(message.key, message.value)
+                        _, points = decoder.decode_row(message.key, message.value)
                     except DecodeError as exc:
                         skipped[exc.reason] = skipped.get(exc.reason, 0) + 1
                         continue
-                    if start_ts <= point.timestamp < end_ts:
-                        yield point
+                    if start_ts <= points[0].timestamp < end_ts:
+                        yield from points  # one, or a row's columns, each a series
             idle = now - last_data >= idle_timeout_s
             for tp in list(remaining):
                 high = consumer.highwater(tp)

@@ -197,3 +197,42 @@ def test_influx_outage_stops_commits_and_nothing_is_lost(kafka, influx, unique_n
     with RunningDaemon(up):
         wait_until(lambda: count_points(influx, database) >= n - WINDOW + 1, 120, "replayed scores")
     assert count_points(influx, database) == n - WINDOW + 1
+
+
+def test_a_file_of_several_columns_produced_to_kafka_scores_one_point_per_row(
+        kafka, influx, unique_name, models, tmp_path: Path) -> None:
+    """`streamlstm produce` sends a sensor file's rows as `values` objects; the daemon, on a
+    one-feature model, scores each column as a series and writes one verdict per row."""
+    from streamlstm import cli
+
+    topic, group, database = unique_name("rows"), unique_name("g"), unique_name("db")
+    influx.create_database(database)
+    n, jump = 300, 200
+    columns = {"pressure": sine(n, seed=1), "temperature": sine(n, phase=1.0, seed=2),
+               "flow": sine(n, phase=2.0, seed=3)}
+    columns["flow"][jump:jump + 20] += 8.0
+    source = tmp_path / "rig.csv"
+    source.write_text("timestamp," + ",".join(columns) + "\n" + "".join(
+        f"{T0 + i * STEP:.0f}," + ",".join(f"{v[i]:.5f}" for v in columns.values()) + "\n"
+        for i in range(n)))
+    assert cli.main(["produce", "--input", str(source), "--topic", topic,
+                     "--bootstrap", kafka.bootstrap]) == 0
+    expected = n - WINDOW + 1
+    settings = settings_for(kafka.bootstrap, topic, group, influx.url, database, models)
+    with RunningDaemon(settings) as daemon:
+        wait_until(lambda: count_points(influx, database) >= expected, 120, "all rows scored")
+        assert daemon.metric("streamlstm_events_consumed_total") == n
+        assert daemon.metric("streamlstm_events_scored_total") == expected
+        assert daemon.metric("streamlstm_series_tracked") == len(columns)
+        assert daemon.metric("streamlstm_dead_letters_total") == 0
+
+    points = points_by_series(influx, database)
+    assert list(points) == ["rig"]
+    rows = points["rig"]
+    assert [r["time"] for r in rows] == [int((T0 + i * STEP) * 1e9) for i in range(WINDOW - 1, n)]
+    assert [r["value_2"] for r in rows[:3]] == pytest.approx(
+        [round(v, 5) for v in columns["flow"][WINDOW - 1:WINDOW + 2]])
+    flagged = [(int(round(r["time"] / 1e9 - T0) / STEP), r["top_feature"])
+               for r in rows if r["is_anomaly"]]
+    assert any(jump <= i < jump + 20 and top == "flow" for i, top in flagged), flagged
+    assert sum(1 for r in rows if r["alarm"]) >= 1
