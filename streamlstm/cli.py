@@ -449,21 +449,29 @@ def _replay_row(series: str, timestamp: float, values: Sequence[float], score: S
     ]
 
 
+def column_verdicts(artifact: Any, settings: Any, table: Any, series: str | None = None,
+                    alarms: Any = None) -> Any:
+    """`streamlstm.core.columns.score_columns` over ``table`` (its rows named ``series``, else
+    by the table's own series), through a fresh pipeline with a slot for every column."""
+    from streamlstm.core.columns import score_columns
+    from streamlstm.core.pipeline import Pipeline
+
+    names = table.feature_names
+    row_series = [series] * len(table.series) if series is not None else table.series
+    wide = len(set(row_series)) * len(names)
+    pipeline = Pipeline(artifact, dataclasses.replace(
+        settings, max_series=max(settings.max_series, wide)), alarms=alarms)
+    return score_columns(pipeline, row_series, table.timestamps.tolist(), table.values, names)
+
+
 def _replay_rows_by_column(artifact: Any, settings: Any, alarms: Any, table: Any,
                            kinds: Sequence[str]) -> list[list[Any]]:
     """Replay rows of a table of several value columns through a one-feature model: each
     column a series of its own, a row's verdict its worst column's, corrected for how many
     (`streamlstm.core.columns`). The row's error, novelty and surprises are the worst
     column's, ``top_feature`` names it and ``score_<column>`` gives every column's score."""
-    from streamlstm.core.columns import score_columns
-    from streamlstm.core.pipeline import Pipeline
-
     names = table.feature_names
-    wide = len(set(table.series)) * len(names)
-    pipeline = Pipeline(artifact, dataclasses.replace(
-        settings, max_series=max(settings.max_series, wide)), alarms=alarms)
-    verdicts = score_columns(pipeline, table.series, table.timestamps.tolist(), table.values,
-                             names)
+    verdicts = column_verdicts(artifact, settings, table, alarms=alarms)
     out = []
     for i, (series, timestamp, values) in enumerate(zip(
             table.series, table.timestamps.tolist(), table.values.tolist(), strict=True)):
@@ -547,7 +555,6 @@ def score_labelled_files(files: Sequence[Path], labels: dict[str, Any], artifact
     import numpy as np
 
     from streamlstm import evaluation
-    from streamlstm.core.columns import score_columns
     from streamlstm.core.pipeline import Pipeline, PipelineSettings, score_points
     from streamlstm.core.records import Point
     from streamlstm.sources.files import read_table
@@ -567,12 +574,7 @@ def score_labelled_files(files: Sequence[Path], labels: dict[str, Any], artifact
     per_file: list[list[float]] = [[0.0] * len(table.series) for _, table in tables]
     for i in wide:
         key, table = tables[i]
-        columns = table.feature_names
-        verdicts = score_columns(
-            Pipeline(artifact, dataclasses.replace(
-                settings, max_series=max(settings.max_series, len(columns)))),
-            [key] * len(table.series), table.timestamps.tolist(), table.values, columns)
-        per_file[i] = verdicts.score.tolist()
+        per_file[i] = column_verdicts(artifact, settings, table, series=key).score.tolist()
     narrow = sorted(set(range(len(tables))) - set(wide))
     streams = [[Point(tables[i][0], t, tuple(v)) for t, v in zip(
         tables[i][1].timestamps.tolist(), tables[i][1].values.tolist(), strict=True)]

@@ -156,14 +156,10 @@ class JsonDecoder:
         for name, raw in named.items():
             where = f"{self._values_field}.{name}"
             column = column_series(series, name)
-            checked = self._checked_series
-            if column not in checked:
-                if len(checked) >= _CHECKED_SERIES_MAX:
-                    checked.clear()
-                try:
-                    checked.add(check_series(column))
-                except DecodeError as exc:
-                    raise DecodeError(BAD_SERIES, f"{where}: {exc.detail}") from None
+            try:
+                self._check_series(column)
+            except DecodeError as exc:
+                raise DecodeError(BAD_SERIES, f"{where}: {exc.detail}") from None
             points.append(Point(column, timestamp, (_number(raw, where),)))
         return series, points
 
@@ -200,6 +196,10 @@ class JsonDecoder:
                 raise DecodeError(BAD_SERIES, "message key is not UTF-8") from None
         elif type(series) is not str:
             raise DecodeError(BAD_SERIES, f"expected a string, got {_show(series)}")
+        return self._check_series(series)
+
+    def _check_series(self, series: str) -> str:
+        """`check_series`, once per name while the cache of checked names holds it."""
         checked = self._checked_series
         if series not in checked:
             if len(checked) >= _CHECKED_SERIES_MAX:
